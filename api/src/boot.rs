@@ -1,0 +1,77 @@
+//! What PID 1 knows about the current boot, handed to sysd through [`crate::BOOT_INFO_PATH`].
+
+use serde::{Deserialize, Serialize};
+
+/// One boot phase and the CLOCK_BOOTTIME second it was reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub t: f64,
+}
+
+/// How this boot went, as far as PID 1 can tell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootInfo {
+    /// Slot the root came from (`a` or `b`).
+    pub slot: String,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// dm-verity root hash the root was opened with (empty if the root is not verity-protected).
+    pub verity_root_hash: String,
+    /// Device-mapper node backing `/`, e.g. `/dev/dm-0`.
+    pub root_device: String,
+    /// Partition the root slot lives on, e.g. `/dev/vda2`.
+    pub root_partition: String,
+    /// Partition mounted on `/var`.
+    pub state_partition: String,
+    /// Whether the state filesystem had been cleanly unmounted before this boot.
+    pub state_was_clean: bool,
+    /// What happened to the state partition during stage 1 (e.g. "mounted", "recreated: ...").
+    pub state_action: String,
+    /// Boots recorded on this state partition, including this one.
+    pub boot_count: u64,
+    /// Kernel modules loaded by stage 1.
+    pub modules_loaded: u32,
+    /// Boot phases with their timestamps.
+    pub phases: Vec<Phase>,
+    /// Problems noticed during boot that did not stop it.
+    pub warnings: Vec<String>,
+}
+
+impl BootInfo {
+    /// Parse the JSON record.
+    pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+
+    /// Serialize to JSON.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and numbers cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_defaults() {
+        let mut b = BootInfo {
+            slot: "a".into(),
+            boot_count: 3,
+            ..Default::default()
+        };
+        b.phases.push(Phase {
+            name: "stage1".into(),
+            t: 1.5,
+        });
+        let back = BootInfo::from_json(&b.to_json()).unwrap();
+        assert_eq!(back, b);
+        // Older or partial records still parse.
+        let partial = BootInfo::from_json(r#"{"slot":"b"}"#).unwrap();
+        assert_eq!(partial.slot, "b");
+        assert_eq!(partial.boot_count, 0);
+    }
+}

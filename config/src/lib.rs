@@ -1,0 +1,1 @@
+//! Berth machine config (work in progress).

@@ -1,0 +1,359 @@
+//! Stage 1: the initramfs `/init`. Ends by exec'ing stage 2 on the real root.
+
+use crate::cmdline::{self, BootArgs};
+use crate::console::{self, phase};
+use crate::{devices, ext4, modules, mounts, sys, verity};
+use berth_api::{BootInfo, Phase};
+use rustix::mount::MountFlags;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+const SYSROOT: &str = "/sysroot";
+const STAGE2: &str = "/usr/bin/init";
+const STATE_LABEL: &str = "berth-state";
+/// Empty ext4 filesystem (gzip) used to recreate a missing or destroyed state filesystem.
+const STATE_TEMPLATE: &str = "/lib/berth/state.img.gz";
+
+/// Stop the boot with a clear message, then reboot deliberately (so boot counting can fall
+/// back to the other slot). Never returns.
+pub fn fatal(msg: &str) -> ! {
+    console::error(msg);
+    console::line("berth: the boot cannot continue; rebooting in 10 s");
+    std::thread::sleep(Duration::from_secs(10));
+    sys::sync();
+    sys::reboot(sys::RebootKind::Reboot);
+    // reboot(2) only fails when we are not PID 1: nothing sensible is left to do.
+    std::process::exit(1)
+}
+
+fn record(info: &mut BootInfo, name: &str) {
+    let t = phase(name);
+    info.phases.push(Phase {
+        name: name.to_string(),
+        t,
+    });
+}
+
+/// Run stage 1. Never returns: it either execs stage 2 or reboots.
+pub fn run() -> ! {
+    for m in mounts::early() {
+        if let Err(e) = mounts::mount(&m) {
+            // devtmpfs may already be mounted by the kernel (CONFIG_DEVTMPFS_MOUNT).
+            if !matches!(e.cause.raw_os_error(), Some(16)) {
+                fatal(&format!("{e}: {}", e.cause));
+            }
+        }
+    }
+    let mut info = BootInfo::default();
+    record(&mut info, "stage1");
+    info.kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let args = match cmdline::parse(&cmdline) {
+        Ok(a) => a,
+        Err(e) => fatal(&format!("bad kernel command line: {e}")),
+    };
+    info.slot = args.slot.as_str().to_string();
+
+    let moddir = Path::new("/lib/modules").join(&info.kernel);
+    let loaded = modules::load_all(&moddir);
+    info.modules_loaded = loaded.loaded;
+    for f in &loaded.failed {
+        console::warn(&format!("module {f}"));
+        info.warnings.push(format!("module {f}"));
+    }
+    record(&mut info, "modules");
+
+    let root_label = args.slot.root_partlabel();
+    let found = devices::wait_for(&[root_label, STATE_LABEL], args.root_wait);
+    let Some(root) = found[0].clone() else {
+        fatal(&format!(
+            "root partition {root_label} (slot {}) not found after {} s; partitions seen: {}",
+            info.slot,
+            args.root_wait.as_secs(),
+            list_partitions()
+        ))
+    };
+    info.root_partition = root.dev.display().to_string();
+    mount_root(&args, &root, &mut info);
+    record(&mut info, "root");
+
+    mount_state(found[1].as_ref(), &mut info);
+    record(&mut info, "state");
+
+    let sysroot = Path::new(SYSROOT);
+    // The plan mounts the /run tmpfs first; the overlay's dirs are created on it in between.
+    let plan = mounts::run_and_etc(sysroot);
+    if let Err(e) = mounts::mount(&plan[0]) {
+        fatal(&format!("{e}: {}", e.cause));
+    }
+    for d in mounts::etc_overlay_dirs(sysroot) {
+        if let Err(e) = std::fs::create_dir_all(&d) {
+            fatal(&format!("cannot create {}: {e}", d.display()));
+        }
+    }
+    if let Err(e) = mounts::mount(&plan[1]) {
+        fatal(&format!("{e}: {}", e.cause));
+    }
+    record(&mut info, "switch-root");
+    let boot_json = sysroot.join("run/berth/boot.json");
+    if let Err(e) = write_file(&boot_json, info.to_json().as_bytes()) {
+        console::warn(&format!("cannot write {}: {e}", boot_json.display()));
+    }
+    let e = switch_root(sysroot);
+    fatal(&format!("switch to the real root failed: {e}"))
+}
+
+fn list_partitions() -> String {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        "none (is the disk driver loaded?)".into()
+    } else {
+        names.join(" ")
+    }
+}
+
+fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
+    let part = root.dev.display().to_string();
+    let dev = match &args.verity {
+        Some(v) => match verity::open(&part, args.slot.as_str(), v) {
+            Ok(d) => {
+                info.verity_root_hash = v.root_hash.clone();
+                d
+            }
+            Err(e) => fatal(&format!(
+                "cannot open dm-verity for the root of slot {} on {part}: {e}",
+                info.slot
+            )),
+        },
+        None => {
+            let w = "no berth.verity on the command line: the root is NOT verified".to_string();
+            console::warn(&w);
+            info.warnings.push(w);
+            part.clone()
+        }
+    };
+    let m = mounts::Mount {
+        source: dev.clone(),
+        target: SYSROOT.into(),
+        fstype: "erofs".into(),
+        flags: MountFlags::RDONLY,
+        data: String::new(),
+    };
+    if let Err(e) = mounts::mount(&m) {
+        fatal(&format!(
+            "cannot mount the root of slot {} ({part} via {dev}): {}. The root image is \
+             missing, corrupt, or does not match its verity root hash",
+            info.slot, e.cause
+        ));
+    }
+    info.root_device = dev;
+    if !Path::new(SYSROOT).join(STAGE2.trim_start_matches('/')).exists() {
+        fatal(&format!(
+            "the root of slot {} has no {STAGE2}: not a Berth root image",
+            info.slot
+        ));
+    }
+}
+
+fn mount_state(part: Option<&devices::Partition>, info: &mut BootInfo) {
+    let var = Path::new(SYSROOT).join("var");
+    let Some(part) = part else {
+        let w = format!(
+            "state partition {STATE_LABEL} not found: /var is a tmpfs for this boot and \
+             nothing will persist. Restore the partition table or reinstall."
+        );
+        console::warn(&w);
+        info.warnings.push(w);
+        info.state_action = "missing; /var is temporary".into();
+        tmpfs_var(&var);
+        return;
+    };
+    info.state_partition = part.dev.display().to_string();
+    let sb = match ext4::Superblock::read(&part.dev) {
+        Ok(sb) => sb,
+        Err(e) => {
+            console::warn(&format!("cannot read {}: {e}", part.dev.display()));
+            None
+        }
+    };
+    let mut action = match &sb {
+        Some(sb) => {
+            info.state_was_clean = sb.clean();
+            if sb.clean() {
+                "mounted".to_string()
+            } else {
+                "mounted after an unclean shutdown (journal replayed)".to_string()
+            }
+        }
+        None => {
+            recreate_state(part, "it has no ext4 filesystem", info);
+            "recreated (no filesystem was found)".to_string()
+        }
+    };
+    if let Err(e) = mount_ext4(&part.dev, &var) {
+        if sb.is_some() {
+            recreate_state(part, &format!("mounting it failed ({})", e.cause), info);
+            action = format!("recreated (mount failed: {})", e.cause);
+            if let Err(e) = mount_ext4(&part.dev, &var) {
+                let w = format!("state partition unusable even after recreating it: {e}");
+                console::warn(&w);
+                info.warnings.push(w);
+                tmpfs_var(&var);
+                info.state_action = "unusable; /var is temporary".into();
+                return;
+            }
+        } else {
+            let w = format!("recreated state partition does not mount: {}", e.cause);
+            console::warn(&w);
+            info.warnings.push(w);
+            tmpfs_var(&var);
+            info.state_action = "unusable; /var is temporary".into();
+            return;
+        }
+    }
+    if let Some(grown) = grow_state(&part.dev, &var) {
+        action = format!("{action}, grown to {grown} MiB");
+    }
+    info.state_action = action;
+}
+
+fn mount_ext4(dev: &Path, target: &Path) -> Result<(), mounts::MountError> {
+    mounts::mount(&mounts::Mount {
+        source: dev.display().to_string(),
+        target: target.into(),
+        fstype: "ext4".into(),
+        flags: MountFlags::NOATIME,
+        data: String::new(),
+    })
+}
+
+fn tmpfs_var(var: &Path) {
+    let m = mounts::Mount {
+        source: "tmpfs".into(),
+        target: var.into(),
+        fstype: "tmpfs".into(),
+        flags: MountFlags::NOSUID | MountFlags::NODEV,
+        data: "mode=0755".into(),
+    };
+    if let Err(e) = mounts::mount(&m) {
+        fatal(&format!("cannot even mount a tmpfs on /var: {e}"));
+    }
+}
+
+/// Write the empty-filesystem template over the start of the partition.
+fn recreate_state(part: &devices::Partition, why: &str, info: &mut BootInfo) {
+    let w = format!(
+        "state partition {} is unusable ({why}); recreating an empty /var on it",
+        part.dev.display()
+    );
+    console::warn(&w);
+    info.warnings.push(w);
+    let res = (|| -> std::io::Result<u64> {
+        let tpl = std::fs::File::open(STATE_TEMPLATE)?;
+        let mut gz = flate2::read::GzDecoder::new(std::io::BufReader::new(tpl));
+        let mut dev = std::fs::OpenOptions::new().write(true).open(&part.dev)?;
+        let n = std::io::copy(&mut gz, &mut dev)?;
+        dev.sync_all()?;
+        Ok(n)
+    })();
+    if let Err(e) = res {
+        console::warn(&format!(
+            "writing a new state filesystem to {} failed: {e}",
+            part.dev.display()
+        ));
+    }
+}
+
+/// Grow the filesystem to fill its partition (first boot, or after the partition grew).
+/// Returns the new size in MiB when it grew.
+fn grow_state(dev: &Path, var: &Path) -> Option<u64> {
+    let sb = ext4::Superblock::read(dev).ok()??;
+    let size = sys::block_size_bytes(dev).ok()?;
+    let want = size / sb.block_size;
+    // Leave small differences alone (alignment), grow when at least 1 MiB is unused.
+    if want <= sb.blocks_count || (want - sb.blocks_count) * sb.block_size < (1 << 20) {
+        return None;
+    }
+    match sys::ext4_resize(var, want) {
+        Ok(()) => Some((want * sb.block_size) >> 20),
+        Err(e) => {
+            console::warn(&format!("growing the state filesystem failed: {e}"));
+            None
+        }
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Move the API filesystems into the new root, free the initramfs, make the new root `/`
+/// and exec stage 2. Only returns on failure.
+fn switch_root(new_root: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    for api in ["dev", "proc", "sys"] {
+        if let Err(e) = rustix::mount::mount_move(Path::new("/").join(api), new_root.join(api)) {
+            return std::io::Error::other(format!("moving /{api}: {e}"));
+        }
+    }
+    free_initramfs(new_root);
+    let r = (|| -> std::io::Result<()> {
+        std::env::set_current_dir(new_root)?;
+        rustix::mount::mount_move(".", "/")?;
+        std::os::unix::fs::chroot(".")?;
+        std::env::set_current_dir("/")
+    })();
+    if let Err(e) = r {
+        return e;
+    }
+    std::process::Command::new(STAGE2).exec()
+}
+
+/// Delete the initramfs contents (they live in RAM), without crossing into other mounts.
+fn free_initramfs(keep: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root_dev) = std::fs::metadata("/").map(|m| m.dev()) else {
+        return;
+    };
+    fn rm(dir: &Path, dev: u64, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p == keep {
+                continue;
+            }
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.dev() != dev {
+                continue;
+            }
+            if md.is_dir() {
+                rm(&p, dev, keep);
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    rm(Path::new("/"), root_dev, keep);
+}

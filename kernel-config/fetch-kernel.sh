@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Fetch the Debian kernel for Berth into a build folder, never touching the host's /boot:
+#   kernel-config/fetch-kernel.sh ARCH OUTDIR [FLAVOUR]
+# ARCH: x86_64 | arm64. FLAVOUR: cloud (default, virtio-only) | generic (bare metal).
+# Result: OUTDIR/vmlinuz, OUTDIR/lib/modules/<version>/..., OUTDIR/version.
+set -euo pipefail
+arch=${1:?arch}; out=${2:?outdir}; flavour=${3:-cloud}
+case "$arch" in
+  x86_64) darch=amd64 ;;
+  arm64) darch=arm64 ;;
+  *) echo "fetch-kernel: unknown arch '$arch' (x86_64 or arm64)" >&2; exit 2 ;;
+esac
+case "$flavour" in
+  cloud) meta=linux-image-cloud-$darch ;;
+  generic) meta=linux-image-$darch ;;
+  *) echo "fetch-kernel: unknown flavour '$flavour' (cloud or generic)" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ]; then exit 0; fi
+apt_opts=()
+if [ "$darch" != "$(dpkg --print-architecture)" ]; then
+  # Private apt state so the host's dpkg configuration stays untouched.
+  st="$out/.apt"; mkdir -p "$st/lists/partial" "$st/cache/archives/partial"; touch "$st/status"
+  apt_opts=(-o "Dir::State::Lists=$st/lists" -o "Dir::Cache=$st/cache" -o "Dir::State::status=$st/status"
+            -o "APT::Architecture=$darch" -o "APT::Architectures::=$darch")
+  apt-get "${apt_opts[@]}" update -qq
+fi
+pkg=$(apt-cache "${apt_opts[@]}" depends "$meta" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+[ -n "$pkg" ] || { echo "fetch-kernel: cannot resolve $meta (run apt-get update?)" >&2; exit 1; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+(cd "$tmp" && apt-get "${apt_opts[@]}" download -qq "$pkg:$darch" 2>/dev/null || apt-get "${apt_opts[@]}" download -qq "$pkg")
+dpkg -x "$tmp"/*.deb "$tmp/root"
+version=${pkg#linux-image-}
+cp "$tmp/root/boot/vmlinuz-$version" "$out/vmlinuz"
+rm -rf "$out/lib"; mkdir -p "$out/lib/modules"
+cp -a "$tmp/root/lib/modules/$version" "$out/lib/modules/"
+if [ ! -f "$out/lib/modules/$version/modules.dep" ]; then
+  # The arm64 package ships without modules.dep.
+  depmod -b "$out" "$version"
+fi
+[ -f "$out/lib/modules/$version/modules.dep" ] || { echo "fetch-kernel: no modules.dep for $version" >&2; exit 1; }
+echo "$version" > "$out/version"
+echo "fetch-kernel: $pkg -> $out"

@@ -1,0 +1,1 @@
+//! Berth networking (work in progress).

@@ -1,0 +1,1 @@
+//! OCI registry client, content-addressed store and layer unpacker (work in progress).

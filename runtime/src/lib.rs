@@ -1,0 +1,1 @@
+//! Berth's integrated OCI runtime (work in progress).

@@ -1,0 +1,64 @@
+//! `sysd`: the Berth supervisor (started by PID 1).
+
+use std::path::Path;
+
+fn main() -> std::process::ExitCode {
+    // Before anything opens a file: take the readiness fd PID 1 gave us.
+    let ready = berth_sysd::ReadyFd::from_env();
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .init();
+    let start: u32 = std::env::var("BERTH_SYSD_START")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(start, ready)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("sysd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let socket = Path::new(berth_api::SOCKET_PATH);
+    let listener = berth_sysd::api::listen(socket)?;
+    tokio::spawn(berth_sysd::api::serve(listener, start));
+
+    if let Some(port) = berth_sysd::bridge::find_port(
+        Path::new("/sys/class/virtio-ports"),
+        Path::new("/dev"),
+        berth_api::VIRTIO_PORT_NAME,
+    ) {
+        std::thread::Builder::new()
+            .name("osctl-bridge".into())
+            .spawn(move || berth_sysd::bridge::run(&port, socket))?;
+    }
+    if let Err(e) = std::fs::read(berth_api::OS_RELEASE_PATH) {
+        tracing::error!(
+            "cannot read {}: {e} (the root image may be corrupt)",
+            berth_api::OS_RELEASE_PATH
+        );
+    }
+    tracing::info!("sysd started (start #{start}, pid {})", std::process::id());
+    if let Some(r) = ready {
+        if let Err(e) = r.notify() {
+            tracing::warn!("cannot notify PID 1 of readiness: {e}");
+        }
+    }
+    term.recv().await;
+    tracing::info!("sysd stopping (SIGTERM)");
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Gathering `osctl status`: OS release, boot record, mounts, cgroups.
+
+use berth_api::mountinfo::{self, MountInfo};
+use berth_api::{BootInfo, MountStatus, Status};
+use std::path::Path;
+
+/// `KEY=value` pairs of an os-release file (quotes removed).
+pub fn parse_os_release(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+fn get<'a>(kv: &'a [(String, String)], k: &str) -> &'a str {
+    kv.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+fn mount_status(m: Option<&MountInfo>) -> MountStatus {
+    m.map(|m| MountStatus {
+        target: m.target.clone(),
+        source: m.source.clone(),
+        fstype: m.fstype.clone(),
+        read_only: m.read_only,
+    })
+    .unwrap_or_default()
+}
+
+/// Device-mapper name and uuid of a `/dev/dm-N` node, from sysfs.
+fn dm_identity(dev: &str) -> (String, String) {
+    let Some(name) = Path::new(dev).file_name() else {
+        return Default::default();
+    };
+    let base = Path::new("/sys/class/block").join(name).join("dm");
+    let read = |f: &str| {
+        std::fs::read_to_string(base.join(f))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    (read("name"), read("uuid"))
+}
+
+/// Collect the machine status. `sysd_start` is how often PID 1 has started sysd.
+pub fn collect(sysd_start: u32) -> Status {
+    let mut warnings = Vec::new();
+    let os = match std::fs::read_to_string(berth_api::OS_RELEASE_PATH) {
+        Ok(t) => parse_os_release(&t),
+        Err(e) => {
+            warnings.push(format!("cannot read {}: {e}", berth_api::OS_RELEASE_PATH));
+            Vec::new()
+        }
+    };
+    let boot = std::fs::read_to_string(berth_api::BOOT_INFO_PATH)
+        .ok()
+        .and_then(|s| BootInfo::from_json(&s).ok())
+        .unwrap_or_default();
+    warnings.extend(boot.warnings.iter().cloned());
+    let mounts = mountinfo::read();
+    let root = mount_status(mountinfo::find(&mounts, "/"));
+    let (root_dm_name, root_dm_uuid) = dm_identity(&root.source);
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cgroup_controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    Status {
+        os: get(&os, "PRETTY_NAME").to_string(),
+        version: get(&os, "VERSION_ID").to_string(),
+        build_id: get(&os, "BUILD_ID").to_string(),
+        slot: boot.slot.clone(),
+        kernel: boot.kernel.clone(),
+        uptime_seconds: uptime,
+        boot_count: boot.boot_count,
+        state_was_clean: boot.state_was_clean,
+        state_action: boot.state_action.clone(),
+        root,
+        root_dm_name,
+        root_dm_uuid,
+        verity_root_hash: boot.verity_root_hash.clone(),
+        var: mount_status(mountinfo::find(&mounts, "/var")),
+        cgroup_controllers,
+        sysd_pid: std::process::id(),
+        sysd_starts: sysd_start,
+        phases: boot.phases.iter().map(|p| (p.name.clone(), p.t)).collect(),
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release() {
+        let kv = parse_os_release("NAME=Berth\nPRETTY_NAME=\"Berth 0.1.0\"\nBUILD_ID=abc\n");
+        assert_eq!(get(&kv, "PRETTY_NAME"), "Berth 0.1.0");
+        assert_eq!(get(&kv, "BUILD_ID"), "abc");
+        assert_eq!(get(&kv, "MISSING"), "");
+    }
+}

@@ -1,0 +1,27 @@
+//! The one place sysd needs `unsafe`: taking ownership of the readiness fd PID 1 passed us.
+#![allow(unsafe_code)]
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+
+/// The pipe end PID 1 reads `READY\n` from.
+pub struct ReadyFd(std::fs::File);
+
+impl ReadyFd {
+    /// Take the fd named by `BERTH_READY_FD`. Must be called first thing in `main`, before
+    /// anything else opens files, so the number cannot have been reused. `None` when sysd
+    /// was started by hand.
+    pub fn from_env() -> Option<Self> {
+        let v = std::env::var(berth_api::READY_FD_ENV).ok()?;
+        let fd: i32 = v.parse().ok().filter(|fd| *fd > 2)?;
+        // SAFETY: PID 1 created this pipe end for us alone and left it open across exec; it
+        // is the only fd above 2 we inherit, and nothing in this process has opened a file
+        // yet, so owning it (and closing it on drop) cannot affect any other descriptor.
+        Some(ReadyFd(unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    /// Tell PID 1 the machine is ready; consumes the fd.
+    pub fn notify(mut self) -> std::io::Result<()> {
+        self.0.write_all(b"READY\n")
+    }
+}
