@@ -72,15 +72,21 @@ pub fn listen(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(l)
 }
 
+/// How long a new connection may take to authenticate.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serve one peer-to-peer D-Bus connection until the peer goes away.
 pub async fn serve_connection(stream: tokio::net::UnixStream, sysd_start: u32) -> zbus::Result<()> {
     use futures_util::StreamExt;
-    let conn = zbus::connection::Builder::unix_stream(stream)
+    let build = zbus::connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())?
         .p2p()
         .serve_at(berth_api::OBJECT_PATH, Manager { sysd_start })?
-        .build()
-        .await?;
+        .build();
+    // A peer that connects and never authenticates must not hold a descriptor forever.
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, build)
+        .await
+        .map_err(|_| zbus::Error::Failure("D-Bus handshake timed out".into()))??;
     let mut stream = zbus::MessageStream::from(&conn);
     while stream.next().await.is_some() {}
     Ok(())

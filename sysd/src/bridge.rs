@@ -37,9 +37,9 @@ pub fn run(port: &Path, socket: &Path) {
         let mut fds = [PollFd::new(dev.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(500u16));
         let rev = fds[0].revents().unwrap_or(PollFlags::empty());
-        if !rev.contains(PollFlags::POLLIN) {
-            // HUP without data: no host connected. The port reports HUP continuously, so
-            // back off instead of spinning.
+        if rev.contains(PollFlags::POLLHUP) || !rev.contains(PollFlags::POLLIN) {
+            // No host connected: the port then polls as HUP (and as readable, since a read
+            // would return 0 at once). Back off instead of spinning.
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }

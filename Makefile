@@ -1,0 +1,89 @@
+# Berth: `make run` builds the OS image and boots it in QEMU; `make test` runs every test.
+# Both install the Debian packages they need when missing (as root, or via sudo).
+
+ARCH      ?= x86_64
+PROFILE   ?= cloud
+BUILD     := build/$(ARCH)
+TARGET_x86_64 := x86_64-unknown-linux-gnu
+TARGET_arm64  := aarch64-unknown-linux-gnu
+TARGET    := $(TARGET_$(ARCH))
+BIN_DIR   := target/$(TARGET)/release
+BUILD_ID  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
+OS_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+CONFIG    ?= examples/berth.toml
+CARGO     ?= cargo
+FUZZ_SECONDS ?= 20
+
+APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 \
+	systemd-boot-efi erofs-utils dosfstools mtools fdisk gdisk e2fsprogs cryptsetup-bin \
+	busybox-static socat kmod cpio docker-registry skopeo umoci apache2-utils dnsmasq-base \
+	iproute2 runc crun
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps kernel bins image run test lint unit system-test fuzz bench clean help
+
+all: image
+
+help:
+	@echo "make run         build the image and boot it in QEMU (serial console here)"
+	@echo "make test        fmt + clippy + unit/privileged tests + whole-system tests in QEMU + fuzz smoke"
+	@echo "make image       build $(BUILD)/berth.img"
+	@echo "make deps        install the Debian packages the build and tests need"
+	@echo "make fuzz        run every fuzz target for FUZZ_SECONDS each"
+	@echo "make bench       run the benchmarks under bench/"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/kernel/version:
+	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(if $(filter metal,$(PROFILE)),generic,cloud)
+
+kernel: deps $(BUILD)/kernel/version
+
+# The OS binaries: static (no C library in the root image).
+bins:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) \
+		-p berth-init -p berth-sysd -p berth-osctl
+
+image: deps kernel bins
+	$(CARGO) build --release -p berth-image
+	target/release/berth-image build --arch $(ARCH) --kernel $(BUILD)/kernel --bin $(BIN_DIR) \
+		--out $(BUILD) --build-id $(BUILD_ID) --os-version $(OS_VERSION) \
+		--modules kernel-config/modules-$(PROFILE).txt --cmdline kernel-config/cmdline-$(ARCH).txt
+
+run: image
+	qemu/run.sh --arch $(ARCH) --config $(CONFIG) $(BUILD)/berth.img
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests and privileged host tests (CI runs as root).
+unit:
+	$(CARGO) test --workspace --exclude berth-tests
+
+# Whole-system tests: boot the real image in QEMU, drive it with osctl.
+system-test: image
+	$(CARGO) build -p berth-osctl
+	BERTH_IMAGE=$(CURDIR)/$(BUILD)/berth.img BERTH_OSCTL=$(CURDIR)/target/debug/osctl \
+		$(CARGO) test -p berth-tests -- --test-threads=1
+
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS)
+
+test: deps lint unit system-test
+	@if [ -x fuzz/run.sh ]; then fuzz/run.sh 10; fi
+	@echo "make test: all tiers passed"
+
+bench:
+	@for b in bench/*/run.sh; do echo "== $$b"; $$b || exit 1; done
+
+clean:
+	rm -rf build target

@@ -1,0 +1,462 @@
+//! `berth-image build`: root tree -> EROFS + dm-verity, initramfs, ESP, state, GPT disk.
+
+use crate::bls::{self, Entry};
+use crate::cpio;
+use crate::layout::{self, Arch, Sizes};
+use crate::modules::{self, ModulesDep};
+use crate::tools::{self, ToolError};
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Everything a build needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub arch: Arch,
+    /// Output of `kernel-config/fetch-kernel.sh`: `vmlinuz`, `version`, `lib/modules/<v>/`.
+    pub kernel_dir: PathBuf,
+    /// Directory with the static `init`, `sysd` and `osctl` binaries.
+    pub bin_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// Seeds every UUID and the verity salt: same id + same inputs = same root image.
+    pub build_id: String,
+    pub version: String,
+    /// Module list (`kernel-config/modules-*.txt`).
+    pub modules_list: PathBuf,
+    /// Base kernel command line (`kernel-config/cmdline-*.txt`).
+    pub cmdline: String,
+    /// systemd-boot EFI binary.
+    pub systemd_boot: PathBuf,
+    pub sizes: Sizes,
+}
+
+/// What a build produced (also written to `OUT/image.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BuildOutput {
+    pub arch: String,
+    pub version: String,
+    pub build_id: String,
+    pub kernel: String,
+    pub disk: PathBuf,
+    pub root_image: PathBuf,
+    pub root_hash: String,
+    pub verity_salt: String,
+    pub data_blocks: u64,
+    pub initrd: PathBuf,
+    pub kernel_image: PathBuf,
+    pub disk_bytes: u64,
+    pub root_bytes: u64,
+    pub initrd_bytes: u64,
+    pub kernel_bytes: u64,
+    pub modules: Vec<String>,
+}
+
+/// Build failures, each naming the step and file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("kernel modules")]
+    Modules(#[from] modules::ModuleError),
+    #[error("the root image ({size} bytes with its hash tree) does not fit the {part} byte root partition")]
+    RootTooBig { size: u64, part: u64 },
+    #[error("veritysetup printed no root hash")]
+    NoRootHash,
+}
+
+fn io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, BuildError> {
+    r.map_err(|source| BuildError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), BuildError> {
+    if let Some(p) = path.parent() {
+        io("creating", p, fs::create_dir_all(p))?;
+    }
+    io("writing", path, fs::write(path, data))?;
+    io(
+        "chmod",
+        path,
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+    )
+}
+
+/// Hex SHA-256 of a string (salt and ids).
+pub fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `/usr/lib/berth/os-release`.
+pub fn os_release(version: &str, build_id: &str, arch: Arch) -> String {
+    format!(
+        "NAME=\"Berth\"\nID=berth\nPRETTY_NAME=\"Berth {version}\"\nVERSION_ID={version}\n\
+         BUILD_ID={build_id}\nVARIANT_ID=cloud\nBERTH_ARCH={}\nHOME_URL=\"https://berth.invalid/\"\n",
+        arch.as_str()
+    )
+}
+
+/// Lay out the root filesystem tree.
+pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
+    if dir.exists() {
+        io("cleaning", dir, fs::remove_dir_all(dir))?;
+    }
+    for d in [
+        "dev", "proc", "sys", "run", "var", "tmp", "etc", "usr/bin", "usr/lib/berth/services",
+        "usr/lib/berth/images", "usr/lib/berth/keys",
+    ] {
+        io("creating", &dir.join(d), fs::create_dir_all(dir.join(d)))?;
+    }
+    for bin in ["init", "sysd", "osctl"] {
+        let src = opts.bin_dir.join(bin);
+        let data = io("reading", &src, fs::read(&src))?;
+        write(&dir.join("usr/bin").join(bin), &data, 0o755)?;
+    }
+    write(
+        &dir.join("usr/lib/berth/os-release"),
+        os_release(&opts.version, &opts.build_id, opts.arch).as_bytes(),
+        0o644,
+    )?;
+    let links = [
+        ("usr/lib/os-release", "berth/os-release"),
+        ("etc/os-release", "../usr/lib/os-release"),
+        ("sbin", "usr/bin"),
+    ];
+    for (l, t) in links {
+        io(
+            "linking",
+            &dir.join(l),
+            std::os::unix::fs::symlink(t, dir.join(l)),
+        )?;
+    }
+    write(&dir.join("etc/hostname"), b"berth\n", 0o644)?;
+    write(&dir.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    write(&dir.join("etc/group"), b"root:x:0:\ntty:x:5:\n", 0o644)?;
+    for d in ["dev", "proc", "sys", "run", "var", "tmp"] {
+        let p = dir.join(d);
+        io(
+            "chmod",
+            &p,
+            fs::set_permissions(&p, fs::Permissions::from_mode(if d == "tmp" { 0o1777 } else { 0o755 })),
+        )?;
+    }
+    Ok(())
+}
+
+/// `mkfs.erofs` the tree, reproducibly (fixed UUID, timestamps, owners).
+pub fn make_erofs(tree: &Path, out: &Path, build_id: &str) -> Result<u64, BuildError> {
+    let _ = fs::remove_file(out);
+    tools::run(
+        Command::new("mkfs.erofs")
+            .args(["-zlz4hc", "-Enoinline_data", "--all-root", "-T0", "-U"])
+            .arg(layout::uuid_for(build_id, "root-fs"))
+            .arg(out)
+            .arg(tree),
+    )?;
+    Ok(io("stat", out, fs::metadata(out))?.len())
+}
+
+/// Append a dm-verity hash tree to `img`. Returns (root hash, salt, data blocks).
+pub fn add_verity(img: &Path, build_id: &str) -> Result<(String, String, u64), BuildError> {
+    let size = io("stat", img, fs::metadata(img))?.len();
+    let blocks = size.div_ceil(4096);
+    // Pad the data to whole blocks so the hash tree starts at a block boundary.
+    let f = io("opening", img, fs::OpenOptions::new().write(true).open(img))?;
+    io("padding", img, f.set_len(blocks * 4096))?;
+    drop(f);
+    let salt = sha256_hex(&format!("verity-salt:{build_id}"));
+    let out = tools::run(
+        Command::new("veritysetup")
+            .arg("format")
+            .args(["--data-block-size=4096", "--hash-block-size=4096"])
+            .arg(format!("--data-blocks={blocks}"))
+            .arg(format!("--hash-offset={}", blocks * 4096))
+            .arg(format!("--salt={salt}"))
+            .arg(format!("--uuid={}", layout::uuid_for(build_id, "verity")))
+            .arg(img)
+            .arg(img),
+    )?;
+    let hash = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|h| h.trim().to_string())
+        .ok_or(BuildError::NoRootHash)?;
+    Ok((hash, salt, blocks))
+}
+
+/// Empty ext4 state filesystem; also the template stage 1 recreates `/var` from.
+pub fn make_state(out: &Path, size: u64, build_id: &str) -> Result<(), BuildError> {
+    let _ = fs::remove_file(out);
+    let skel = out.with_extension("d");
+    let _ = fs::remove_dir_all(&skel);
+    for d in ["lib/berth", "log/berth"] {
+        io("creating", &skel.join(d), fs::create_dir_all(skel.join(d)))?;
+    }
+    tools::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "state", "-b", "4096", "-U"])
+            .arg(layout::uuid_for(build_id, "state-fs"))
+            .args(["-E", "lazy_itable_init=0,root_owner=0:0", "-d"])
+            .arg(&skel)
+            .arg(out)
+            .arg(format!("{}k", size / 1024))
+            .env("E2FSPROGS_FAKE_TIME", "1"),
+    )?;
+    let _ = fs::remove_dir_all(&skel);
+    Ok(())
+}
+
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data)?;
+    gz.finish()
+}
+
+/// The initramfs: `/init` (stage 1), the resolved modules and their load order, the state
+/// template, `/dev/console`.
+pub fn make_initrd(
+    opts: &BuildOptions,
+    kver: &str,
+    state_img: &Path,
+    out: &Path,
+) -> Result<Vec<String>, BuildError> {
+    let moddir = opts.kernel_dir.join("lib/modules").join(kver);
+    let dep_path = moddir.join("modules.dep");
+    let dep = ModulesDep::parse(&io("reading", &dep_path, fs::read_to_string(&dep_path))?)?;
+    let list_text = io(
+        "reading",
+        &opts.modules_list,
+        fs::read_to_string(&opts.modules_list),
+    )?;
+    let order = dep.resolve(&modules::parse_list(&list_text))?;
+
+    let mut w = cpio::Writer::new(Vec::new());
+    let e = |r: std::io::Result<()>| io("writing initramfs", out, r);
+    for d in ["dev", "proc", "sys", "sysroot", "run", "etc", "lib", "lib/berth", "lib/modules"] {
+        e(w.dir(d, 0o755))?;
+    }
+    e(w.char_dev("dev/console", 0o600, 5, 1))?;
+    e(w.dir(&format!("lib/modules/{kver}"), 0o755))?;
+    let init_path = opts.bin_dir.join("init");
+    let init = io("reading", &init_path, fs::read(&init_path))?;
+    e(w.file("init", 0o755, &init))?;
+    e(w.file(
+        "etc/initrd-release",
+        0o644,
+        format!("NAME=\"Berth initrd\"\nID=berth\nVERSION_ID={}\n", opts.version).as_bytes(),
+    ))?;
+    let mut load = String::new();
+    let mut names = Vec::new();
+    for rel in &order {
+        let base = rel.rsplit('/').next().unwrap_or(rel);
+        let src = moddir.join(rel);
+        let data = io("reading", &src, fs::read(&src))?;
+        e(w.file(&format!("lib/modules/{kver}/{base}"), 0o644, &data))?;
+        load.push_str(base);
+        load.push('\n');
+        names.push(modules::name_of(rel));
+    }
+    e(w.file(
+        &format!("lib/modules/{kver}/berth.load"),
+        0o644,
+        load.as_bytes(),
+    ))?;
+    let state = io("reading", state_img, fs::read(state_img))?;
+    let state_gz = io("compressing", state_img, gzip(&state))?;
+    e(w.file("lib/berth/state.img.gz", 0o644, &state_gz))?;
+    let cpio = io("writing initramfs", out, w.finish())?;
+    let gz = io("compressing", out, gzip(&cpio))?;
+    write(out, &gz, 0o644)?;
+    Ok(names)
+}
+
+/// FAT32 ESP with systemd-boot, loader.conf, slot A's kernel, initrd and boot entry.
+pub fn make_esp(
+    opts: &BuildOptions,
+    out: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    entry: &Entry,
+) -> Result<(), BuildError> {
+    let _ = fs::remove_file(out);
+    let vol_id = &sha256_hex(&format!("esp:{}", opts.build_id))[..8];
+    tools::run(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "BERTH-ESP", "-i", vol_id, "-C"])
+            .arg(out)
+            .arg((opts.sizes.esp / 1024).to_string()),
+    )?;
+    let dirs = ["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries", "::/berth", "::/berth/a", "::/berth/b"];
+    tools::run(tools::mtools("mmd", out).args(dirs))?;
+    let tmp = opts.out_dir.join("esp.d");
+    let _ = fs::remove_dir_all(&tmp);
+    write(&tmp.join("loader.conf"), bls::loader_conf().as_bytes(), 0o644)?;
+    write(&tmp.join(entry.file_name()), entry.render().as_bytes(), 0o644)?;
+    let copies: [(PathBuf, String); 5] = [
+        (
+            opts.systemd_boot.clone(),
+            format!("::/EFI/BOOT/{}", opts.arch.efi_boot_name()),
+        ),
+        (tmp.join("loader.conf"), "::/loader/loader.conf".into()),
+        (
+            tmp.join(entry.file_name()),
+            format!("::/loader/entries/{}", entry.file_name()),
+        ),
+        (kernel.to_path_buf(), format!("::{}/vmlinuz", entry.slot_dir())),
+        (initrd.to_path_buf(), format!("::{}/initrd", entry.slot_dir())),
+    ];
+    for (src, dst) in copies {
+        tools::run(tools::mtools("mcopy", out).arg("-o").arg(&src).arg(&dst))?;
+    }
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Copy `src` into `disk` at `offset`, skipping all-zero 64 KiB chunks (keeps it sparse).
+pub fn copy_into(disk: &mut fs::File, offset: u64, src: &Path) -> std::io::Result<()> {
+    let mut f = fs::File::open(src)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = offset;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let r = f.read(&mut buf[n..])?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            disk.seek(SeekFrom::Start(pos))?;
+            disk.write_all(&buf[..n])?;
+        }
+        pos += n as u64;
+    }
+}
+
+/// Run the whole build.
+pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
+    let out = &opts.out_dir;
+    io("creating", out, fs::create_dir_all(out))?;
+    let kver_path = opts.kernel_dir.join("version");
+    let kver = io("reading", &kver_path, fs::read_to_string(&kver_path))?
+        .trim()
+        .to_string();
+    let kernel = opts.kernel_dir.join("vmlinuz");
+
+    let tree = out.join("rootfs");
+    root_tree(opts, &tree)?;
+    let root_img = out.join("root.img");
+    make_erofs(&tree, &root_img, &opts.build_id)?;
+    let (root_hash, salt, data_blocks) = add_verity(&root_img, &opts.build_id)?;
+    let root_bytes = io("stat", &root_img, fs::metadata(&root_img))?.len();
+    if root_bytes > opts.sizes.root {
+        return Err(BuildError::RootTooBig {
+            size: root_bytes,
+            part: opts.sizes.root,
+        });
+    }
+
+    let state_img = out.join("state.img");
+    make_state(&state_img, opts.sizes.state, &opts.build_id)?;
+    let initrd = out.join("initrd.img");
+    let mods = make_initrd(opts, &kver, &state_img, &initrd)?;
+
+    let entry = Entry {
+        generation: 1,
+        slot: 'a',
+        version: opts.version.clone(),
+        options: bls::options(&opts.cmdline, 'a', &root_hash, &salt, data_blocks),
+        tries_left: None,
+    };
+    let esp = out.join("esp.img");
+    make_esp(opts, &esp, &kernel, &initrd, &entry)?;
+
+    let (parts, total) = layout::layout(opts.arch, opts.sizes, &opts.build_id);
+    let disk = out.join("berth.img");
+    let tmp_disk = out.join("berth.img.tmp");
+    {
+        let _ = fs::remove_file(&tmp_disk);
+        let f = io("creating", &tmp_disk, fs::File::create(&tmp_disk))?;
+        io("sizing", &tmp_disk, f.set_len(total))?;
+    }
+    let script = layout::sfdisk_script(&parts, &opts.build_id);
+    let mut child = io(
+        "running sfdisk on",
+        &tmp_disk,
+        Command::new("sfdisk")
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&tmp_disk)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn(),
+    )?;
+    if let Some(mut stdin) = child.stdin.take() {
+        io("running sfdisk on", &tmp_disk, stdin.write_all(script.as_bytes()))?;
+    }
+    let o = io("running sfdisk on", &tmp_disk, child.wait_with_output())?;
+    if !o.status.success() {
+        return Err(ToolError::Failed {
+            tool: "sfdisk".into(),
+            status: o.status.to_string(),
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        }
+        .into());
+    }
+    let mut f = io(
+        "opening",
+        &tmp_disk,
+        fs::OpenOptions::new().write(true).open(&tmp_disk),
+    )?;
+    for (part, img) in parts.iter().zip([Some(&esp), Some(&root_img), None, Some(&state_img)]) {
+        if let Some(img) = img {
+            io("copying into the disk", img, copy_into(&mut f, part.offset, img))?;
+        }
+    }
+    io("syncing", &tmp_disk, f.sync_all())?;
+    drop(f);
+    io("renaming", &tmp_disk, fs::rename(&tmp_disk, &disk))?;
+
+    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let output = BuildOutput {
+        arch: opts.arch.as_str().into(),
+        version: opts.version.clone(),
+        build_id: opts.build_id.clone(),
+        kernel: kver,
+        disk_bytes: total,
+        root_bytes,
+        initrd_bytes: size(&initrd),
+        kernel_bytes: size(&kernel),
+        disk,
+        root_image: root_img,
+        root_hash,
+        verity_salt: salt,
+        data_blocks,
+        initrd,
+        kernel_image: kernel,
+        modules: mods,
+    };
+    let json = serde_json::to_string_pretty(&output).unwrap_or_default();
+    write(&out.join("image.json"), json.as_bytes(), 0o644)?;
+    Ok(output)
+}

@@ -1,0 +1,118 @@
+//! `berth-image`: build (and later sign and publish) Berth OS images.
+
+use berth_image::layout::{Arch, Sizes};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Build, sign and publish Berth OS images.
+#[derive(Parser)]
+#[command(name = "berth-image", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the bootable GPT disk image (ESP + root A + root B + state) from static
+    /// binaries and a Debian kernel. Needs mkfs.erofs, veritysetup, mkfs.vfat, mtools,
+    /// mkfs.ext4 and sfdisk (`make deps`); no root, loop devices or mounts.
+    Build {
+        /// Target architecture (x86_64 or arm64).
+        #[arg(long, default_value = "x86_64")]
+        arch: String,
+        /// Kernel folder made by kernel-config/fetch-kernel.sh.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Folder with the static init, sysd and osctl binaries.
+        #[arg(long)]
+        bin: PathBuf,
+        /// Output folder (berth.img, root.img, initrd.img, image.json, ...).
+        #[arg(long)]
+        out: PathBuf,
+        /// Build id: seeds UUIDs and the verity salt (same id + inputs = same root image).
+        #[arg(long, default_value = "dev")]
+        build_id: String,
+        /// OS version recorded in os-release and the boot entry.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        os_version: String,
+        /// Kernel module list.
+        #[arg(long, default_value = "kernel-config/modules-cloud.txt")]
+        modules: PathBuf,
+        /// File with the base kernel command line.
+        #[arg(long)]
+        cmdline: Option<PathBuf>,
+        /// systemd-boot EFI binary (default: Debian's, for the arch).
+        #[arg(long)]
+        systemd_boot: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth-image: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Build {
+            arch,
+            kernel,
+            bin,
+            out,
+            build_id,
+            os_version,
+            modules,
+            cmdline,
+            systemd_boot,
+        } => {
+            let arch = Arch::parse(&arch)
+                .ok_or_else(|| anyhow::anyhow!("unknown arch {arch:?}: use x86_64 or arm64"))?;
+            let cmdline_file = cmdline.unwrap_or_else(|| {
+                PathBuf::from(format!("kernel-config/cmdline-{}.txt", arch.as_str()))
+            });
+            let cmdline = std::fs::read_to_string(&cmdline_file).map_err(|e| {
+                anyhow::anyhow!("cannot read the kernel command line {}: {e}", cmdline_file.display())
+            })?;
+            let efi = match arch {
+                Arch::X86_64 => "systemd-bootx64.efi",
+                Arch::Arm64 => "systemd-bootaa64.efi",
+            };
+            let opts = berth_image::BuildOptions {
+                arch,
+                kernel_dir: kernel,
+                bin_dir: bin,
+                out_dir: out,
+                build_id,
+                version: os_version,
+                modules_list: modules,
+                cmdline: cmdline.lines().next().unwrap_or("").to_string(),
+                systemd_boot: systemd_boot
+                    .unwrap_or_else(|| PathBuf::from("/usr/lib/systemd/boot/efi").join(efi)),
+                sizes: Sizes::default(),
+            };
+            let o = berth_image::build(&opts)?;
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "built {} ({} {}): disk {:.0} MiB, root {:.1} MiB, initrd {:.1} MiB, kernel {:.1} MiB, {} modules\nverity root hash {}",
+                o.disk.display(),
+                o.arch,
+                o.version,
+                mib(o.disk_bytes),
+                mib(o.root_bytes),
+                mib(o.initrd_bytes),
+                mib(o.kernel_bytes),
+                o.modules.len(),
+                o.root_hash
+            );
+            Ok(())
+        }
+    }
+}

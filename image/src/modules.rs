@@ -1,0 +1,149 @@
+//! Kernel module selection: resolve the wanted modules and their dependencies from
+//! `modules.dep` into a load order (dependencies first).
+
+use std::collections::{HashMap, HashSet};
+
+/// Resolution failures.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModuleError {
+    #[error("kernel module {0:?} is not in modules.dep (built in, misspelled, or wrong kernel?)")]
+    Unknown(String),
+    #[error("modules.dep line {line}: {text:?} is not `path: deps...`")]
+    BadLine { line: usize, text: String },
+}
+
+/// `dm-verity` and `dm_verity` name the same module.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches(".ko").replace('-', "_")
+}
+
+/// Name of a module from its path in modules.dep (`kernel/drivers/md/dm-verity.ko`).
+pub fn name_of(path: &str) -> String {
+    normalize(path.rsplit('/').next().unwrap_or(path))
+}
+
+/// Parsed `modules.dep`: module name -> (path, dependency paths).
+pub struct ModulesDep {
+    by_name: HashMap<String, (String, Vec<String>)>,
+}
+
+impl ModulesDep {
+    /// Parse the text of `modules.dep`.
+    pub fn parse(text: &str) -> Result<Self, ModuleError> {
+        let mut by_name = HashMap::new();
+        for (i, l) in text.lines().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let (path, deps) = l.split_once(':').ok_or_else(|| ModuleError::BadLine {
+                line: i + 1,
+                text: l.to_string(),
+            })?;
+            let deps = deps.split_whitespace().map(str::to_string).collect();
+            by_name.insert(name_of(path), (path.trim().to_string(), deps));
+        }
+        Ok(ModulesDep { by_name })
+    }
+
+    /// Load order for `wanted`: every module after all of its dependencies, each once, in the
+    /// order first needed. Returns paths relative to the modules directory.
+    pub fn resolve(&self, wanted: &[String]) -> Result<Vec<String>, ModuleError> {
+        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        for w in wanted {
+            self.visit(&normalize(w), &mut seen, &mut order)?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        name: &str,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), ModuleError> {
+        if !seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        let (path, deps) = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| ModuleError::Unknown(name.to_string()))?;
+        // modules.dep lists deps so that the last must load first; walk them in reverse.
+        for d in deps.iter().rev() {
+            self.visit(&name_of(d), seen, order)?;
+        }
+        order.push(path.clone());
+        Ok(())
+    }
+}
+
+/// Read a module list file: one name per line, `#` comments.
+pub fn parse_list(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "\
+kernel/drivers/md/dm-verity.ko: kernel/drivers/md/dm-bufio.ko kernel/drivers/md/dm-mod.ko kernel/lib/reed_solomon/reed_solomon.ko
+kernel/drivers/md/dm-bufio.ko: kernel/drivers/md/dm-mod.ko
+kernel/drivers/md/dm-mod.ko:
+kernel/lib/reed_solomon/reed_solomon.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+";
+
+    #[test]
+    fn dependencies_first_each_once() {
+        let d = ModulesDep::parse(DEP).unwrap();
+        let order = d
+            .resolve(&["virtio_blk".into(), "dm-verity".into(), "virtio".into()])
+            .unwrap();
+        let names: Vec<String> = order.iter().map(|p| name_of(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_blk",
+                "reed_solomon",
+                "dm_mod",
+                "dm_bufio",
+                "dm_verity"
+            ]
+        );
+        for (i, n) in names.iter().enumerate() {
+            let (_, deps) = &d.by_name[n];
+            for dep in deps {
+                let pos = names.iter().position(|x| *x == name_of(dep)).unwrap();
+                assert!(pos < i, "{n} loads before its dependency {dep}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_module_is_an_error() {
+        let d = ModulesDep::parse(DEP).unwrap();
+        assert_eq!(
+            d.resolve(&["ext4".into()]),
+            Err(ModuleError::Unknown("ext4".into()))
+        );
+        assert!(ModulesDep::parse("no colon here").is_err());
+    }
+
+    #[test]
+    fn list_file() {
+        assert_eq!(
+            parse_list("# disks\nvirtio_blk\n\n erofs # root\n"),
+            ["virtio_blk", "erofs"]
+        );
+    }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Boot a Berth disk image in QEMU (TCG; no KVM needed).
+#
+#   qemu/run.sh [--arch x86_64|arm64] [--headless] [--state-dir DIR] [--config FILE]
+#               [--registry-port PORT] [--hostfwd HOSTPORT:GUESTPORT] [--disk-size SIZE]
+#               [--mem MiB] [--no-reboot] [IMAGE]
+#
+# The image itself is never written: QEMU boots a copy-on-write overlay in the state dir.
+# State dir contents: disk.qcow2 (overlay), efivars.fd, serial.log (headless), qmp.sock
+# (QMP), osctl.sock (virtio-serial port org.berth.osctl: `osctl --connect
+# unix:path=DIR/osctl.sock status`), qemu.pid.
+#
+# Interactive (default): the serial console is this terminal (Ctrl-A X quits QEMU).
+# --headless: QEMU runs in the background, this script returns once it has started.
+# --config FILE: passed to the guest via fw_cfg as opt/org.berth/config.
+# --registry-port PORT: the guest reaches 127.0.0.1:PORT on this host as 10.0.2.100:5000.
+# --disk-size SIZE: virtual size of the overlay (e.g. 16G), to test growing the state.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --arch) arch=$2; shift 2 ;;
+    --headless) headless=1; shift ;;
+    --state-dir) state=$2; shift 2 ;;
+    --config) config=$2; shift 2 ;;
+    --registry-port) regport=$2; shift 2 ;;
+    --hostfwd) hostfwd=$2; shift 2 ;;
+    --disk-size) disksize=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --no-reboot) noreboot=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) image=$1; shift ;;
+  esac
+done
+image=${image:-$here/../build/$arch/berth.img}
+[ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image ARCH=$arch')" >&2; exit 1; }
+image=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
+state=${state:-$here/../build/$arch/run}
+mkdir -p "$state"
+state=$(cd "$state" && pwd)
+if [ -f "$state/qemu.pid" ] && kill -0 "$(cat "$state/qemu.pid")" 2>/dev/null; then
+  echo "run.sh: a VM is already running with state dir $state (pid $(cat "$state/qemu.pid"))" >&2
+  exit 1
+fi
+rm -f "$state/qmp.sock" "$state/osctl.sock" "$state/qemu.pid"
+
+case "$arch" in
+  x86_64)
+    qemu=qemu-system-x86_64
+    machine=(-M q35 -cpu max)
+    code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd ;;
+  arm64)
+    qemu=qemu-system-aarch64
+    machine=(-M virt -cpu cortex-a57)
+    code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd ;;
+  *) echo "run.sh: unknown arch $arch (x86_64 or arm64)" >&2; exit 2 ;;
+esac
+command -v "$qemu" >/dev/null || { echo "run.sh: $qemu missing (run 'make deps')" >&2; exit 1; }
+[ -f "$code" ] || { echo "run.sh: firmware $code missing (run 'make deps')" >&2; exit 1; }
+
+# A fresh overlay unless one for this image is already there (keeps /var across runs).
+if [ ! -f "$state/disk.qcow2" ] || [ "$(cat "$state/disk.base" 2>/dev/null)" != "$image" ]; then
+  qemu-img create -q -f qcow2 -F raw -b "$image" "$state/disk.qcow2" ${disksize:+"$disksize"}
+  echo "$image" > "$state/disk.base"
+  cp "$vars" "$state/efivars.fd"
+fi
+
+net="user,id=n0,restrict=on"
+[ -n "$regport" ] && net="$net,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:$regport"
+[ -n "$hostfwd" ] && net="$net,hostfwd=tcp:127.0.0.1:${hostfwd%%:*}-:${hostfwd##*:}"
+
+args=(
+  -accel tcg "${machine[@]}" -m "$mem" -smp 2
+  -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
+  -drive "if=pflash,format=raw,unit=1,file=$state/efivars.fd"
+  -drive "file=$state/disk.qcow2,format=qcow2,if=virtio"
+  -netdev "$net" -device virtio-net-pci,netdev=n0
+  -device virtio-serial-pci
+  -chardev "socket,id=osctl,path=$state/osctl.sock,server=on,wait=off"
+  -device virtserialport,chardev=osctl,name=org.berth.osctl
+  -qmp "unix:$state/qmp.sock,server=on,wait=off"
+  -pidfile "$state/qemu.pid"
+)
+[ -n "$config" ] && args+=(-fw_cfg "name=opt/org.berth/config,file=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")")
+[ "$noreboot" = 1 ] && args+=(-no-reboot)
+
+if [ "$headless" = 1 ]; then
+  : > "$state/serial.log"
+  exec "$qemu" "${args[@]}" -display none -serial "file:$state/serial.log" -daemonize
+else
+  echo "Berth on $arch: serial console below (Ctrl-A X quits). From another terminal:"
+  echo "  osctl --connect unix:path=$state/osctl.sock status"
+  exec "$qemu" "${args[@]}" -nographic -serial mon:stdio
+fi
