@@ -6,9 +6,9 @@
 //! * the paths that several binaries agree on.
 
 pub mod boot;
-pub mod mountinfo;
 #[cfg(feature = "dbus")]
 pub mod manager;
+pub mod mountinfo;
 
 pub use boot::{BootInfo, Phase};
 #[cfg(feature = "dbus")]

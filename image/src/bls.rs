@@ -21,10 +21,7 @@ pub struct Entry {
 impl Entry {
     /// `berth-<generation>-<slot>[+<left>].conf`.
     pub fn file_name(&self) -> String {
-        let counter = self
-            .tries_left
-            .map(|n| format!("+{n}"))
-            .unwrap_or_default();
+        let counter = self.tries_left.map(|n| format!("+{n}")).unwrap_or_default();
         format!("berth-{:08}-{}{}.conf", self.generation, self.slot, counter)
     }
 
@@ -78,7 +75,10 @@ mod tests {
         ));
         assert!(!loader_conf().contains("default"));
         // Newer generations sort after older ones as plain strings.
-        let newer = Entry { generation: 10, ..e.clone() };
+        let newer = Entry {
+            generation: 10,
+            ..e.clone()
+        };
         assert!(newer.file_name() > e.file_name());
     }
 }

@@ -118,8 +118,17 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
         io("cleaning", dir, fs::remove_dir_all(dir))?;
     }
     for d in [
-        "dev", "proc", "sys", "run", "var", "tmp", "etc", "usr/bin", "usr/lib/berth/services",
-        "usr/lib/berth/images", "usr/lib/berth/keys",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "var",
+        "tmp",
+        "etc",
+        "usr/bin",
+        "usr/lib/berth/services",
+        "usr/lib/berth/images",
+        "usr/lib/berth/keys",
     ] {
         io("creating", &dir.join(d), fs::create_dir_all(dir.join(d)))?;
     }
@@ -146,14 +155,21 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
         )?;
     }
     write(&dir.join("etc/hostname"), b"berth\n", 0o644)?;
-    write(&dir.join("etc/passwd"), b"root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    write(
+        &dir.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\n",
+        0o644,
+    )?;
     write(&dir.join("etc/group"), b"root:x:0:\ntty:x:5:\n", 0o644)?;
     for d in ["dev", "proc", "sys", "run", "var", "tmp"] {
         let p = dir.join(d);
         io(
             "chmod",
             &p,
-            fs::set_permissions(&p, fs::Permissions::from_mode(if d == "tmp" { 0o1777 } else { 0o755 })),
+            fs::set_permissions(
+                &p,
+                fs::Permissions::from_mode(if d == "tmp" { 0o1777 } else { 0o755 }),
+            ),
         )?;
     }
     Ok(())
@@ -248,7 +264,17 @@ pub fn make_initrd(
 
     let mut w = cpio::Writer::new(Vec::new());
     let e = |r: std::io::Result<()>| io("writing initramfs", out, r);
-    for d in ["dev", "proc", "sys", "sysroot", "run", "etc", "lib", "lib/berth", "lib/modules"] {
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "sysroot",
+        "run",
+        "etc",
+        "lib",
+        "lib/berth",
+        "lib/modules",
+    ] {
         e(w.dir(d, 0o755))?;
     }
     e(w.char_dev("dev/console", 0o600, 5, 1))?;
@@ -259,7 +285,11 @@ pub fn make_initrd(
     e(w.file(
         "etc/initrd-release",
         0o644,
-        format!("NAME=\"Berth initrd\"\nID=berth\nVERSION_ID={}\n", opts.version).as_bytes(),
+        format!(
+            "NAME=\"Berth initrd\"\nID=berth\nVERSION_ID={}\n",
+            opts.version
+        )
+        .as_bytes(),
     ))?;
     let mut load = String::new();
     let mut names = Vec::new();
@@ -302,12 +332,28 @@ pub fn make_esp(
             .arg(out)
             .arg((opts.sizes.esp / 1024).to_string()),
     )?;
-    let dirs = ["::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries", "::/berth", "::/berth/a", "::/berth/b"];
+    let dirs = [
+        "::/EFI",
+        "::/EFI/BOOT",
+        "::/loader",
+        "::/loader/entries",
+        "::/berth",
+        "::/berth/a",
+        "::/berth/b",
+    ];
     tools::run(tools::mtools("mmd", out).args(dirs))?;
     let tmp = opts.out_dir.join("esp.d");
     let _ = fs::remove_dir_all(&tmp);
-    write(&tmp.join("loader.conf"), bls::loader_conf().as_bytes(), 0o644)?;
-    write(&tmp.join(entry.file_name()), entry.render().as_bytes(), 0o644)?;
+    write(
+        &tmp.join("loader.conf"),
+        bls::loader_conf().as_bytes(),
+        0o644,
+    )?;
+    write(
+        &tmp.join(entry.file_name()),
+        entry.render().as_bytes(),
+        0o644,
+    )?;
     let copies: [(PathBuf, String); 5] = [
         (
             opts.systemd_boot.clone(),
@@ -318,8 +364,14 @@ pub fn make_esp(
             tmp.join(entry.file_name()),
             format!("::/loader/entries/{}", entry.file_name()),
         ),
-        (kernel.to_path_buf(), format!("::{}/vmlinuz", entry.slot_dir())),
-        (initrd.to_path_buf(), format!("::{}/initrd", entry.slot_dir())),
+        (
+            kernel.to_path_buf(),
+            format!("::{}/vmlinuz", entry.slot_dir()),
+        ),
+        (
+            initrd.to_path_buf(),
+            format!("::{}/initrd", entry.slot_dir()),
+        ),
     ];
     for (src, dst) in copies {
         tools::run(tools::mtools("mcopy", out).arg("-o").arg(&src).arg(&dst))?;
@@ -412,7 +464,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
             .spawn(),
     )?;
     if let Some(mut stdin) = child.stdin.take() {
-        io("running sfdisk on", &tmp_disk, stdin.write_all(script.as_bytes()))?;
+        io(
+            "running sfdisk on",
+            &tmp_disk,
+            stdin.write_all(script.as_bytes()),
+        )?;
     }
     let o = io("running sfdisk on", &tmp_disk, child.wait_with_output())?;
     if !o.status.success() {
@@ -428,9 +484,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
         &tmp_disk,
         fs::OpenOptions::new().write(true).open(&tmp_disk),
     )?;
-    for (part, img) in parts.iter().zip([Some(&esp), Some(&root_img), None, Some(&state_img)]) {
+    for (part, img) in parts
+        .iter()
+        .zip([Some(&esp), Some(&root_img), None, Some(&state_img)])
+    {
         if let Some(img) = img {
-            io("copying into the disk", img, copy_into(&mut f, part.offset, img))?;
+            io(
+                "copying into the disk",
+                img,
+                copy_into(&mut f, part.offset, img),
+            )?;
         }
     }
     io("syncing", &tmp_disk, f.sync_all())?;

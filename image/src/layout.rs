@@ -153,7 +153,10 @@ mod tests {
     fn design_layout() {
         let (parts, total) = layout(Arch::X86_64, Sizes::default(), "b1");
         let labels: Vec<&str> = parts.iter().map(|p| p.label).collect();
-        assert_eq!(labels, ["berth-esp", "berth-root-a", "berth-root-b", "berth-state"]);
+        assert_eq!(
+            labels,
+            ["berth-esp", "berth-root-a", "berth-root-b", "berth-state"]
+        );
         assert_eq!(parts[0].offset, MIB);
         assert_eq!(parts[0].size, 256 * MIB);
         assert_eq!(parts[1].offset, 257 * MIB);
@@ -166,7 +169,10 @@ mod tests {
         }
         assert!(parts.iter().all(|p| p.offset % MIB == 0));
         assert_eq!(parts[1].type_guid, Arch::X86_64.root_type());
-        assert_eq!(layout(Arch::Arm64, Sizes::default(), "b1").0[2].type_guid, Arch::Arm64.root_type());
+        assert_eq!(
+            layout(Arch::Arm64, Sizes::default(), "b1").0[2].type_guid,
+            Arch::Arm64.root_type()
+        );
     }
 
     #[test]
@@ -176,7 +182,10 @@ mod tests {
         assert!(s.starts_with("label: gpt\n"));
         assert!(s.contains("start=2048, size=524288, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B"));
         assert!(s.contains("name=\"berth-state\""));
-        assert_eq!(s, sfdisk_script(&layout(Arch::X86_64, Sizes::default(), "b1").0, "b1"));
+        assert_eq!(
+            s,
+            sfdisk_script(&layout(Arch::X86_64, Sizes::default(), "b1").0, "b1")
+        );
         assert_ne!(uuid_for("b1", "x"), uuid_for("b2", "x"));
         let u = uuid_for("b1", "x");
         assert_eq!(u.len(), 36);

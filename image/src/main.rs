@@ -79,7 +79,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 PathBuf::from(format!("kernel-config/cmdline-{}.txt", arch.as_str()))
             });
             let cmdline = std::fs::read_to_string(&cmdline_file).map_err(|e| {
-                anyhow::anyhow!("cannot read the kernel command line {}: {e}", cmdline_file.display())
+                anyhow::anyhow!(
+                    "cannot read the kernel command line {}: {e}",
+                    cmdline_file.display()
+                )
             })?;
             let efi = match arch {
                 Arch::X86_64 => "systemd-bootx64.efi",

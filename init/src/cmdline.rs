@@ -173,7 +173,9 @@ mod tests {
             Err(CmdlineError::BadRootHash("xyz".into()))
         );
         assert_eq!(
-            parse(&format!("berth.slot=a berth.verity={HASH} berth.verity.blocks=5")),
+            parse(&format!(
+                "berth.slot=a berth.verity={HASH} berth.verity.blocks=5"
+            )),
             Err(CmdlineError::VerityIncomplete("salt"))
         );
         assert_eq!(
@@ -182,7 +184,9 @@ mod tests {
             )),
             Err(CmdlineError::BadBlocks("0".into()))
         );
-        let msg = parse("berth.slot=a berth.rootwait=soon").unwrap_err().to_string();
+        let msg = parse("berth.slot=a berth.rootwait=soon")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("berth.rootwait"), "{msg}");
     }
 

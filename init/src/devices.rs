@@ -70,11 +70,10 @@ pub fn wait_for(labels: &[&str], timeout: Duration) -> Vec<Option<Partition>> {
 pub fn parent_disk(sys_class_block: &Path, part: &str) -> Option<String> {
     let real = std::fs::canonicalize(sys_class_block.join(part)).ok()?;
     let parent = real.parent()?;
-    parent.join("dev").exists().then(|| {
-        parent
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-    })?
+    parent
+        .join("dev")
+        .exists()
+        .then(|| parent.file_name().map(|n| n.to_string_lossy().into_owned()))?
 }
 
 #[cfg(test)]
@@ -85,7 +84,10 @@ mod tests {
         for (name, extra) in [
             ("vda", "DEVTYPE=disk\n"),
             ("vda1", "DEVTYPE=partition\nPARTN=1\nPARTNAME=berth-esp\n"),
-            ("vda2", "DEVTYPE=partition\nPARTN=2\nPARTNAME=berth-root-a\n"),
+            (
+                "vda2",
+                "DEVTYPE=partition\nPARTN=2\nPARTNAME=berth-root-a\n",
+            ),
             ("vda4", "DEVTYPE=partition\nPARTN=4\nPARTNAME=berth-state\n"),
         ] {
             let d = dir.join(name);

@@ -16,6 +16,7 @@
 pub mod cmdline;
 pub mod console;
 pub mod devices;
+pub mod disk;
 pub mod ext4;
 pub mod modules;
 pub mod mounts;

@@ -67,14 +67,18 @@ pub fn run_and_etc(sysroot: &Path) -> Vec<Mount> {
             MountFlags::NOSUID | MountFlags::NODEV,
         )
         .data("mode=0755"),
-        Mount::new("overlay", sysroot.join("etc"), "overlay", MountFlags::NOSUID).data(
-            &format!(
-                "lowerdir={},upperdir={},workdir={}",
-                sysroot.join("etc").display(),
-                run.join("berth/etc/upper").display(),
-                run.join("berth/etc/work").display()
-            ),
-        ),
+        Mount::new(
+            "overlay",
+            sysroot.join("etc"),
+            "overlay",
+            MountFlags::NOSUID,
+        )
+        .data(&format!(
+            "lowerdir={},upperdir={},workdir={}",
+            sysroot.join("etc").display(),
+            run.join("berth/etc/upper").display(),
+            run.join("berth/etc/work").display()
+        )),
     ]
 }
 
@@ -87,14 +91,29 @@ pub fn etc_overlay_dirs(sysroot: &Path) -> [PathBuf; 2] {
 /// The rest of the API filesystems, mounted by stage 2 on the real root.
 pub fn stage2(efi: bool) -> Vec<Mount> {
     let mut v = vec![
-        Mount::new("devpts", "/dev/pts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC)
-            .data("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        Mount::new("tmpfs", "/dev/shm", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV)
-            .data("mode=1777"),
+        Mount::new(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MountFlags::NOSUID | MountFlags::NOEXEC,
+        )
+        .data("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Mount::new(
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+        )
+        .data("mode=1777"),
         Mount::new("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC)
             .data("nsdelegate,memory_recursiveprot"),
-        Mount::new("tmpfs", "/tmp", "tmpfs", MountFlags::NOSUID | MountFlags::NODEV)
-            .data("mode=1777"),
+        Mount::new(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+        )
+        .data("mode=1777"),
     ];
     if efi {
         v.push(Mount::new(

@@ -3,8 +3,8 @@
 //! reboot(2).
 
 use crate::console;
-use berth_api::mountinfo::parse_mountinfo;
 use crate::sys::{self, RebootKind};
+use berth_api::mountinfo::parse_mountinfo;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -80,16 +80,14 @@ fn unmount_all() {
         if keep.contains(&m.target.as_str()) {
             continue;
         }
-        if rustix::mount::unmount(m.target.as_str(), UnmountFlags::empty()).is_err()
-            && !m.read_only
+        if rustix::mount::unmount(m.target.as_str(), UnmountFlags::empty()).is_err() && !m.read_only
         {
-            let r = rustix::mount::mount_remount(
-                m.target.as_str(),
-                MountFlags::RDONLY,
-                "",
-            );
+            let r = rustix::mount::mount_remount(m.target.as_str(), MountFlags::RDONLY, "");
             if let Err(e) = r {
-                console::warn(&format!("cannot unmount or remount read-only {}: {e}", m.target));
+                console::warn(&format!(
+                    "cannot unmount or remount read-only {}: {e}",
+                    m.target
+                ));
             }
         }
     }

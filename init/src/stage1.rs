@@ -2,7 +2,7 @@
 
 use crate::cmdline::{self, BootArgs};
 use crate::console::{self, phase};
-use crate::{devices, ext4, modules, mounts, sys, verity};
+use crate::{devices, disk, ext4, modules, mounts, sys, verity};
 use berth_api::{BootInfo, Phase};
 use rustix::mount::MountFlags;
 use std::io::Write;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const SYSROOT: &str = "/sysroot";
 const STAGE2: &str = "/usr/bin/init";
-const STATE_LABEL: &str = "berth-state";
+const STATE_LABEL: &str = disk::STATE_LABEL;
 /// Empty ext4 filesystem (gzip) used to recreate a missing or destroyed state filesystem.
 const STATE_TEMPLATE: &str = "/lib/berth/state.img.gz";
 
@@ -69,7 +69,7 @@ pub fn run() -> ! {
     record(&mut info, "modules");
 
     let root_label = args.slot.root_partlabel();
-    let found = devices::wait_for(&[root_label, STATE_LABEL], args.root_wait);
+    let found = devices::wait_for(&[root_label], args.root_wait);
     let Some(root) = found[0].clone() else {
         fatal(&format!(
             "root partition {root_label} (slot {}) not found after {} s; partitions seen: {}",
@@ -82,7 +82,11 @@ pub fn run() -> ! {
     mount_root(&args, &root, &mut info);
     record(&mut info, "root");
 
-    mount_state(found[1].as_ref(), &mut info);
+    let (state_part, table_action) = state_partition(&root, &mut info);
+    mount_state(state_part.as_ref(), &mut info);
+    if let Some(a) = table_action {
+        info.state_action = format!("{a}; {}", info.state_action);
+    }
     record(&mut info, "state");
 
     let sysroot = Path::new(SYSROOT);
@@ -159,11 +163,86 @@ fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
         ));
     }
     info.root_device = dev;
-    if !Path::new(SYSROOT).join(STAGE2.trim_start_matches('/')).exists() {
+    if !Path::new(SYSROOT)
+        .join(STAGE2.trim_start_matches('/'))
+        .exists()
+    {
         fatal(&format!(
             "the root of slot {} has no {STAGE2}: not a Berth root image",
             info.slot
         ));
+    }
+}
+
+/// Find the state partition on the root's disk, recreating it when it is missing and
+/// growing it to the end of the disk when there is room. Returns the partition and what
+/// was done to the partition table.
+fn state_partition(
+    root: &devices::Partition,
+    info: &mut BootInfo,
+) -> (Option<devices::Partition>, Option<String>) {
+    let sys_block = Path::new("/sys/class/block");
+    let existing = devices::find_partition(sys_block, Path::new("/dev"), STATE_LABEL);
+    let Some(disk_name) = devices::parent_disk(sys_block, &root.name) else {
+        return (existing, None);
+    };
+    let disk_dev = Path::new("/dev").join(&disk_name);
+    let change = match disk::ensure_state(&disk_dev) {
+        Ok(c) => c,
+        Err(e) => {
+            let w = format!("state partition table check on {}: {e}", disk_dev.display());
+            console::warn(&w);
+            info.warnings.push(w);
+            return (existing, None);
+        }
+    };
+    match change {
+        None => (existing, None),
+        Some(disk::Change::Grown {
+            number,
+            start,
+            old_len,
+            len,
+        }) => {
+            if let Err(e) = sys::blkpg(&disk_dev, sys::BlkpgOp::Resize, number, start, len) {
+                console::warn(&format!("telling the kernel the state partition grew: {e}"));
+            }
+            let a = format!(
+                "partition grown from {} to {} MiB",
+                old_len >> 20,
+                len >> 20
+            );
+            console::info(&format!("state: {a}"));
+            (existing, Some(a))
+        }
+        Some(disk::Change::Created { number, start, len }) => {
+            let w = format!(
+                "state partition {STATE_LABEL} was missing from {}; created it as partition                  {number} ({} MiB)",
+                disk_dev.display(),
+                len >> 20
+            );
+            console::warn(&w);
+            info.warnings.push(w);
+            if let Err(e) = sys::blkpg(&disk_dev, sys::BlkpgOp::Add, number, start, len) {
+                console::warn(&format!("telling the kernel about the new partition: {e}"));
+            }
+            // BLKPG carries no partition name: address the new partition by number.
+            let sep = if disk_name.ends_with(|c: char| c.is_ascii_digit()) {
+                "p"
+            } else {
+                ""
+            };
+            let name = format!("{disk_name}{sep}{number}");
+            let dev = Path::new("/dev").join(&name);
+            let start_wait = std::time::Instant::now();
+            while !dev.exists() && start_wait.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (
+                Some(devices::Partition { name, dev, number }),
+                Some("partition created".into()),
+            )
+        }
     }
 }
 

@@ -28,7 +28,10 @@ const EV_KEY: u16 = 1;
 /// Run stage 2. Never returns.
 pub fn run() -> ! {
     if std::process::id() != 1 {
-        eprintln!("init: stage 2 must run as PID 1 (this is PID {})", std::process::id());
+        eprintln!(
+            "init: stage 2 must run as PID 1 (this is PID {})",
+            std::process::id()
+        );
         std::process::exit(1);
     }
     // One signal path: block everything before anything else, read signals from a signalfd.
@@ -63,7 +66,10 @@ pub fn run() -> ! {
     info.boot_count = match bump_boot_count(Path::new(berth_api::BOOT_COUNT_PATH)) {
         Ok(n) => n,
         Err(e) => {
-            let w = format!("cannot record the boot in {}: {e}", berth_api::BOOT_COUNT_PATH);
+            let w = format!(
+                "cannot record the boot in {}: {e}",
+                berth_api::BOOT_COUNT_PATH
+            );
             console::warn(&w);
             info.warnings.push(w);
             0
@@ -97,7 +103,10 @@ fn idle_forever() -> ! {
 fn save_info(info: &BootInfo) {
     let p = Path::new(berth_api::BOOT_INFO_PATH);
     let tmp = p.with_extension("json.tmp");
-    if std::fs::write(&tmp, info.to_json()).and_then(|_| std::fs::rename(&tmp, p)).is_err() {
+    if std::fs::write(&tmp, info.to_json())
+        .and_then(|_| std::fs::rename(&tmp, p))
+        .is_err()
+    {
         console::warn("cannot write /run/berth/boot.json");
     }
 }
@@ -217,7 +226,10 @@ impl Supervisor {
             }
         };
         // The write end is inherited by sysd (no CLOEXEC), the read end stays here.
-        let _ = nix::fcntl::fcntl(&wr, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+        let _ = nix::fcntl::fcntl(
+            &wr,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        );
         let res = std::process::Command::new(SYSD)
             .env(berth_api::READY_FD_ENV, wr.as_raw_fd().to_string())
             .env("BERTH_SYSD_START", self.starts.to_string())
@@ -235,7 +247,10 @@ impl Supervisor {
                 self.sysd = Some(Pid::from_raw(pid as i32));
                 self.ready_pipe = Some(File::from(rd));
                 if self.starts > 1 {
-                    console::info(&format!("sysd restarted (pid {pid}, start #{})", self.starts));
+                    console::info(&format!(
+                        "sysd restarted (pid {pid}, start #{})",
+                        self.starts
+                    ));
                 }
             }
             Err(e) => {
@@ -376,8 +391,11 @@ mod tests {
         let d = std::env::temp_dir().join(format!("berth-cg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n")
-            .unwrap();
+        std::fs::write(
+            d.join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        )
+        .unwrap();
         setup_cgroups(&d).unwrap();
         assert_eq!(
             std::fs::read_to_string(d.join("cgroup.subtree_control")).unwrap(),

@@ -184,3 +184,64 @@ pub fn block_size_bytes(dev: &std::path::Path) -> io::Result<u64> {
     unsafe { blkgetsize64(f.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
     Ok(size)
 }
+
+// --- partitions (linux/blkpg.h) ----------------------------------------------------------
+
+/// BLKPG operations.
+#[derive(Debug, Clone, Copy)]
+pub enum BlkpgOp {
+    Add = 1,
+    Resize = 3,
+}
+
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: i32,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+#[repr(C)]
+struct BlkpgIoctlArg {
+    op: i32,
+    flags: i32,
+    datalen: i32,
+    data: *mut BlkpgPartition,
+}
+
+/// Tell the kernel about a partition added or resized in the table of `disk` (works while
+/// other partitions of the disk are in use, unlike BLKRRPART). Offsets in bytes.
+pub fn blkpg(
+    disk: &std::path::Path,
+    op: BlkpgOp,
+    pno: u32,
+    start: u64,
+    len: u64,
+) -> io::Result<()> {
+    let f = File::open(disk)?;
+    let mut part = BlkpgPartition {
+        start: start as i64,
+        length: len as i64,
+        pno: pno as i32,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let mut arg = BlkpgIoctlArg {
+        op: op as i32,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as i32,
+        data: &mut part,
+    };
+    let req = nix::request_code_none!(0x12, 105);
+    // SAFETY: BLKPG reads a `struct blkpg_ioctl_arg` whose `data` points at a
+    // `struct blkpg_partition` of `datalen` bytes; both are #[repr(C)] locals with the
+    // kernel's layout that outlive the call, and the fd is an open block device.
+    let r = unsafe { nix::libc::ioctl(f.as_raw_fd(), req as _, &mut arg as *mut BlkpgIoctlArg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

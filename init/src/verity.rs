@@ -45,7 +45,10 @@ mod tests {
         };
         assert_eq!(
             table_params("/dev/vda2", &v),
-            format!("1 /dev/vda2 /dev/vda2 4096 4096 100 101 sha256 {} 0011", "ab".repeat(32))
+            format!(
+                "1 /dev/vda2 /dev/vda2 4096 4096 100 101 sha256 {} 0011",
+                "ab".repeat(32)
+            )
         );
         assert_eq!(sectors(&v), 800);
     }

@@ -109,7 +109,11 @@ pub fn format_status(s: &berth_api::Status) -> String {
             if s.root_dm_uuid.is_empty() {
                 String::new()
             } else {
-                format!(", dm {} verity {}", s.root_dm_name, short(&s.verity_root_hash))
+                format!(
+                    ", dm {} verity {}",
+                    s.root_dm_name,
+                    short(&s.verity_root_hash)
+                )
             }
         ),
     );
@@ -120,12 +124,23 @@ pub fn format_status(s: &berth_api::Status) -> String {
             s.var.fstype,
             s.var.source,
             s.state_action,
-            if s.state_was_clean { "clean" } else { "not clean" }
+            if s.state_was_clean {
+                "clean"
+            } else {
+                "not clean"
+            }
         ),
     );
     line("cgroups", s.cgroup_controllers.join(" "));
-    line("sysd", format!("pid {} (start #{})", s.sysd_pid, s.sysd_starts));
-    let phases: Vec<String> = s.phases.iter().map(|(n, t)| format!("{n} {t:.2}s")).collect();
+    line(
+        "sysd",
+        format!("pid {} (start #{})", s.sysd_pid, s.sysd_starts),
+    );
+    let phases: Vec<String> = s
+        .phases
+        .iter()
+        .map(|(n, t)| format!("{n} {t:.2}s"))
+        .collect();
     line("boot phases", phases.join(", "));
     for w in &s.warnings {
         line("warning", w.clone());
@@ -171,7 +186,10 @@ mod tests {
             ..Default::default()
         };
         let t = format_status(&s);
-        assert!(t.contains("erofs /dev/dm-0 (ro), dm berth-root-a verity 0123456789ab"), "{t}");
+        assert!(
+            t.contains("erofs /dev/dm-0 (ro), dm berth-root-a verity 0123456789ab"),
+            "{t}"
+        );
         assert!(t.contains("warning        disk on fire"), "{t}");
     }
 }

@@ -12,7 +12,12 @@ use std::time::Duration;
 #[command(name = "osctl", version)]
 struct Cli {
     /// API address: unix:path=/path/to/socket (or just the path).
-    #[arg(long, global = true, env = "BERTH_CONNECT", default_value = "unix:path=/run/berth/osctl.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_CONNECT",
+        default_value = "unix:path=/run/berth/osctl.sock"
+    )]
     connect: String,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "text")]
@@ -57,7 +62,10 @@ enum Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("osctl: cannot start: {e}");
@@ -88,7 +96,10 @@ async fn run(cli: Cli) -> ExitCode {
             Output::Text => print!("{}", format_status(&s)),
         }),
         Cmd::Reboot => m.reboot().await.map(|_| done(cli.output, "rebooting")),
-        Cmd::Poweroff => m.power_off().await.map(|_| done(cli.output, "powering off")),
+        Cmd::Poweroff => m
+            .power_off()
+            .await
+            .map(|_| done(cli.output, "powering off")),
         Cmd::Debug(DebugCmd::KillSysd) => m
             .kill_supervisor()
             .await

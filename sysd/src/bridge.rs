@@ -24,10 +24,17 @@ pub fn find_port(sys_ports: &Path, dev: &Path, name: &str) -> Option<PathBuf> {
 
 /// Run the bridge forever (blocking; start it on its own thread).
 pub fn run(port: &Path, socket: &Path) {
-    let mut dev = match std::fs::OpenOptions::new().read(true).write(true).open(port) {
+    let mut dev = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(port)
+    {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!("cannot open {}: {e}; no host access to osctl", port.display());
+            tracing::warn!(
+                "cannot open {}: {e}; no host access to osctl",
+                port.display()
+            );
             return;
         }
     };

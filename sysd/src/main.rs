@@ -14,7 +14,10 @@ fn main() -> std::process::ExitCode {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

@@ -139,7 +139,10 @@ impl Vm {
     pub fn osctl(&self, args: &[&str]) -> Output {
         Command::new(osctl_bin())
             .arg("--connect")
-            .arg(format!("unix:path={}", self.dir.join("osctl.sock").display()))
+            .arg(format!(
+                "unix:path={}",
+                self.dir.join("osctl.sock").display()
+            ))
             .args(args)
             .output()
             .expect("running osctl")
@@ -233,7 +236,10 @@ pub fn copy_image(src: &Path, dst: &Path) {
         .unwrap();
     assert!(st.success());
     // image.json travels with the image.
-    let _ = std::fs::copy(src.with_file_name("image.json"), dst.with_file_name("image.json"));
+    let _ = std::fs::copy(
+        src.with_file_name("image.json"),
+        dst.with_file_name("image.json"),
+    );
 }
 
 /// Byte offset of `needle` inside `[start, start+len)` of a file.

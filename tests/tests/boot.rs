@@ -15,9 +15,20 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
 fn lifecycle() {
     let image = image();
     let info = image_info(&image);
-    let vm = Vm::boot("lifecycle", &image, &BootOpts::default());
+    // A disk larger than the image, as after `dd` onto a real disk: the state partition
+    // and filesystem grow at first boot.
+    let big = BootOpts {
+        disk_size: Some("4G".into()),
+        ..Default::default()
+    };
+    let vm = Vm::boot("lifecycle", &image, &big);
     let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
-    for stage in ["berth: stage1 t=", "berth: modules t=", "berth: root t=", "berth: stage2 t="] {
+    for stage in [
+        "berth: stage1 t=",
+        "berth: modules t=",
+        "berth: root t=",
+        "berth: stage2 t=",
+    ] {
         assert!(log.contains(stage), "console lacks {stage:?}");
     }
 
@@ -33,6 +44,18 @@ fn lifecycle() {
     assert_eq!(st["var"]["fstype"], "ext4");
     assert_eq!(st["var"]["read_only"], false);
     assert_eq!(st["boot_count"], 1);
+    let action = s(&st, "state_action");
+    assert!(action.contains("partition grown from 32 to "), "{action}");
+    let grown_mib: u64 = action
+        .rsplit("grown to ")
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        grown_mib > 2700,
+        "filesystem not grown to the disk: {action}"
+    );
     // cgroup2 with the controllers enabled for children.
     let ctrls: Vec<&str> = st["cgroup_controllers"]
         .as_array()
@@ -49,7 +72,11 @@ fn lifecycle() {
     // Killing sysd: PID 1 restarts it and the API comes back.
     let old_pid = st["sysd_pid"].as_u64().unwrap();
     let out = vm.osctl(&["debug", "kill-sysd"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     vm.wait_serial("sysd restarted", Duration::from_secs(60));
     let st2 = vm.status();
     assert_eq!(st2["sysd_starts"], 2, "{st2:#}");
@@ -57,7 +84,11 @@ fn lifecycle() {
 
     // Reboot: /var keeps what was written (the boot counter), and the fs was clean.
     let out = vm.osctl(&["reboot"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     vm.wait_serial_n("berth: ready", 2, BOOT_TIMEOUT);
     let st3 = vm.status();
     assert_eq!(st3["boot_count"], 2, "{st3:#}");
@@ -75,7 +106,7 @@ fn lifecycle() {
 
     // Next boot of the same disk (a new QEMU, a new console log): third boot, state
     // filesystem clean.
-    vm.start(&BootOpts::default());
+    vm.start(&big);
     vm.wait_serial("berth: ready", BOOT_TIMEOUT);
     let st4 = vm.status();
     assert_eq!(st4["boot_count"], 3, "{st4:#}");
@@ -84,7 +115,8 @@ fn lifecycle() {
 }
 
 /// One flipped byte in a file's data in the root image: reading that file fails (EIO from
-/// dm-verity) instead of returning wrong data. A destroyed state filesystem is recreated.
+/// dm-verity) instead of returning wrong data. A missing state partition with a destroyed
+/// filesystem is recreated.
 #[test]
 fn damaged_disk() {
     let src = image();
@@ -100,8 +132,16 @@ fn damaged_disk() {
     let at = find_bytes(&image, root_off, root_len, needle.as_bytes())
         .expect("os-release data in the root partition");
     flip_byte(&image, at + 3);
+    // The state partition is gone from the table and its filesystem destroyed.
     let (state_off, _) = partition("berth-state");
     zero_range(&image, state_off, 64 * 1024); // the ext4 superblock and group descriptors
+    let st = std::process::Command::new("sfdisk")
+        .args(["--quiet", "--delete"])
+        .arg(&image)
+        .arg("4")
+        .status()
+        .unwrap();
+    assert!(st.success(), "sfdisk --delete");
 
     let vm = Vm::boot("damaged", &image, &BootOpts::default());
     let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
@@ -118,8 +158,13 @@ fn damaged_disk() {
     );
     // Nothing of the corrupted file leaks through.
     assert_eq!(st["os"], "", "{st:#}");
-    // The state partition had no filesystem: recreated, mounted, and usable.
-    assert!(s(&st, "state_action").starts_with("recreated"), "{st:#}");
+    // The state partition was re-added to the table and got a fresh filesystem.
+    assert!(
+        warnings.contains("state partition berth-state was missing"),
+        "{st:#}"
+    );
+    let action = s(&st, "state_action");
+    assert!(action.starts_with("partition created; recreated"), "{st:#}");
     assert_eq!(st["var"]["fstype"], "ext4");
     assert_eq!(st["boot_count"], 1);
     drop(vm);
@@ -152,7 +197,10 @@ fn corrupt_root_is_reported() {
         "unclear message:\n{log}"
     );
     // It reboots deliberately (here: QEMU exits because of --no-reboot), never hangs.
-    assert!(vm.wait_exit(Duration::from_secs(60)), "no reboot after the fatal error");
+    assert!(
+        vm.wait_exit(Duration::from_secs(60)),
+        "no reboot after the fatal error"
+    );
     assert!(!log.contains("berth: ready"));
     drop(vm);
     let _ = std::fs::remove_dir_all(&dir);
