@@ -30,7 +30,7 @@ pub enum ConnectError {
     Handshake {
         path: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -72,13 +72,13 @@ pub async fn connect(
             .await
             .map_err(|source| ConnectError::Handshake {
                 path: p.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let proxy = ManagerProxy::new(&conn)
             .await
             .map_err(|source| ConnectError::Handshake {
                 path: p.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok((conn, proxy))
     };
