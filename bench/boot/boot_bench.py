@@ -43,7 +43,7 @@ def berth_once():
     os.kill(pid, 9)
     t = {m.group(1): float(m.group(2)) for m in re.finditer(r"berth: (\S+) t=([0-9.]+)", text)}
     shutil.rmtree(d, ignore_errors=True)
-    if "stage1" not in seen or "ready" not in t:
+    if "berth: stage1" not in seen or "ready" not in t:
         raise SystemExit("berth boot did not reach ready:\n" + text[-2000:])
     return {
         "firmware+loader": seen["berth: stage1"] - t["stage1"],
