@@ -216,25 +216,23 @@ pub fn add_verity(img: &Path, build_id: &str) -> Result<(String, String, u64), B
     Ok((hash, salt, blocks))
 }
 
-/// Empty ext4 state filesystem; also the template stage 1 recreates `/var` from.
+/// Empty ext4 state filesystem (PID 1 creates its directories); also the template stage 1
+/// recreates `/var` from. Reproducible: fixed UUID, hash seed and time.
 pub fn make_state(out: &Path, size: u64, build_id: &str) -> Result<(), BuildError> {
     let _ = fs::remove_file(out);
-    let skel = out.with_extension("d");
-    let _ = fs::remove_dir_all(&skel);
-    for d in ["lib/berth", "log/berth"] {
-        io("creating", &skel.join(d), fs::create_dir_all(skel.join(d)))?;
-    }
     tools::run(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", "state", "-b", "4096", "-U"])
             .arg(layout::uuid_for(build_id, "state-fs"))
-            .args(["-E", "lazy_itable_init=0,root_owner=0:0", "-d"])
-            .arg(&skel)
+            .arg("-E")
+            .arg(format!(
+                "lazy_itable_init=0,root_owner=0:0,hash_seed={}",
+                layout::uuid_for(build_id, "state-hash-seed")
+            ))
             .arg(out)
             .arg(format!("{}k", size / 1024))
             .env("E2FSPROGS_FAKE_TIME", "1"),
     )?;
-    let _ = fs::remove_dir_all(&skel);
     Ok(())
 }
 

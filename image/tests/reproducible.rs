@@ -60,3 +60,20 @@ fn same_inputs_same_root_image() {
     assert_ne!(ha, hc, "a different build id must change the salt and uuid");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn same_build_id_same_state_template() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("berth-repro-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    berth_image::build::make_state(&a, 32 << 20, "id1").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    berth_image::build::make_state(&b, 32 << 20, "id1").unwrap();
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "state images differ"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
