@@ -123,7 +123,7 @@ impl<T> Ctx<T> for nix::Result<T> {
     }
 }
 
-fn report_and_exit(sock: &mut UnixStream, err: &InitError) -> ! {
+fn error_text(err: &InitError) -> String {
     let mut text = err.to_string();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(err);
     while let Some(s) = src {
@@ -131,7 +131,11 @@ fn report_and_exit(sock: &mut UnixStream, err: &InitError) -> ! {
         text.push_str(&s.to_string());
         src = s.source();
     }
-    let _ = send(sock, &Msg::Error(text));
+    text
+}
+
+fn report_and_exit(sock: &mut UnixStream, err: &InitError) -> ! {
+    let _ = send(sock, &Msg::Error(error_text(err)));
     std::process::exit(1)
 }
 
@@ -456,6 +460,32 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
     }
 
     send(sock, &Msg::Created).ctx(|| "reporting created".into())?;
+    // From here on nobody reads the socket: errors go to stderr.
+    match wait_start_and_exec(
+        plan,
+        fifo_fd,
+        &state_with_pid,
+        &argv0,
+        nnp_seccomp,
+        *preserve_fds,
+    ) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("berth-runtime: container {}: {}", plan.id, error_text(&e));
+            std::process::exit(1)
+        }
+    }
+}
+
+fn wait_start_and_exec(
+    plan: &Plan,
+    fifo_fd: fs::File,
+    state_with_pid: &str,
+    argv0: &CString,
+    nnp_seccomp: bool,
+    preserve_fds: i32,
+) -> Result<Never, InitError> {
+    let p = &plan.process;
     // Wait for `start`: opening the fifo for writing blocks until the
     // runtime opens it for reading.
     let proc_path = format!("/proc/self/fd/{}", fifo_fd.as_raw_fd());
@@ -474,7 +504,7 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
             std::process::exit(1);
         }
     }
-    do_exec(p, &argv0, nnp_seccomp, *preserve_fds)
+    do_exec(p, argv0, nnp_seccomp, preserve_fds)
 }
 
 fn do_exec(
@@ -610,6 +640,9 @@ fn apply_user_caps(p: &ProcessPlan) -> Result<bool, InitError> {
     nix::unistd::setresgid(g, g, g).ctx(|| format!("process.user.gid: setresgid({})", p.gid))?;
     let u = Uid::from_raw(p.uid);
     nix::unistd::setresuid(u, u, u).ctx(|| format!("process.user.uid: setresuid({})", p.uid))?;
+    // Changing uid clears the dumpable flag, which makes /proc/self/fd
+    // (needed to reopen the exec fifo) inaccessible; exec resets it anyway.
+    nix::sys::prctl::set_dumpable(true).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
     if let Some(c) = &p.caps {
         set_caps(c)?;
     }

@@ -386,6 +386,9 @@ impl Runtime {
         let fifo = dir.join("exec.fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
             .map_err(|e| io_err("creating", &fifo)(e.into()))?;
+        // Writable by the container's user, whatever the umask.
+        fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(io_err("chmod", &fifo))?;
         let state_json = oci_state_json(&id, "created", 0, &plan.bundle, &plan.annotations);
         let init_plan = InitPlan::Create {
             plan: Box::new(plan.clone()),
