@@ -350,16 +350,37 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
     nix::unistd::setsid().ctx(|| "setsid".into())?;
     sys::umask(0o022);
 
-    // Root filesystem, before pivot_root.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::from_bits_retain(plan.rootfs_propagation),
-        None::<&str>,
-    )
-    .ctx(|| "linux.rootfsPropagation: setting propagation of /".into())?;
+    // Root filesystem, before pivot_root. Shared and unbindable cannot be
+    // in place during the bind + pivot_root: use private (same recursion)
+    // then, and apply the requested type to the new / afterwards.
+    let prop = MsFlags::from_bits_retain(plan.rootfs_propagation);
+    let late_prop = prop.intersects(MsFlags::MS_SHARED | MsFlags::MS_UNBINDABLE);
+    let early_prop = if late_prop {
+        MsFlags::MS_PRIVATE | (prop & MsFlags::MS_REC)
+    } else {
+        prop
+    };
+    mount(None::<&str>, "/", None::<&str>, early_prop, None::<&str>)
+        .ctx(|| "linux.rootfsPropagation: setting propagation of /".into())?;
     let rootfs = &plan.rootfs;
+    // pivot_root refuses a shared current root or a shared parent of the
+    // new root; shared propagation is re-applied after the pivot.
+    if MsFlags::from_bits_retain(plan.rootfs_propagation).contains(MsFlags::MS_SHARED) {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .ctx(|| "linux.rootfsPropagation: making / private for pivot_root".into())?;
+    }
+    make_parent_mount_private(rootfs).ctx(|| {
+        format!(
+            "root.path: making the mount holding {} private",
+            rootfs.display()
+        )
+    })?;
     mount(
         Some(rootfs),
         rootfs,
@@ -430,6 +451,11 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
     }
     for p in &plan.readonly_paths {
         readonly_path(p).ctx(|| format!("linux.readonlyPaths: {}", p.display()))?;
+    }
+    // After masking (bind mounts from an unbindable tree would fail).
+    if late_prop {
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+            .ctx(|| "linux.rootfsPropagation: setting propagation of the new /".into())?;
     }
     for (k, v) in &plan.sysctl {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
@@ -674,7 +700,9 @@ fn drop_bounding(c: &CapsPlan) -> Result<(), InitError> {
 }
 
 fn set_caps(c: &CapsPlan) -> Result<(), InitError> {
-    let supported = caps::runtime::thread_all_supported();
+    // Capabilities this process does not hold (e.g. outside the host's
+    // bounding set) cannot be granted; they are left out, as crun does.
+    let supported = caps::read(None, caps::CapSet::Permitted).unwrap_or_default();
     let only = |m: u64| -> caps::CapsHashSet {
         cap_set(m)
             .into_iter()
@@ -894,6 +922,61 @@ fn do_mount(rootfs: &Path, m: &MountPlan, in_userns: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Unescapes a mountinfo path field (`\040` for a space and so on).
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// Makes the mount that contains `path` private if it is shared.
+fn make_parent_mount_private(path: &Path) -> io::Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 7 {
+            continue;
+        }
+        let mp = unescape_mountinfo(f[4]);
+        if path.starts_with(&mp)
+            && best
+                .as_ref()
+                .map(|(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
+                .unwrap_or(true)
+        {
+            let shared = f[6..]
+                .iter()
+                .take_while(|x| **x != "-")
+                .any(|x| x.starts_with("shared:"));
+            best = Some((mp, shared));
+        }
+    }
+    if let Some((mp, true)) = best {
+        mount(
+            None::<&str>,
+            &mp,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
 /// Mount flags that must be kept on a bind remount (they may be locked in a
 /// user namespace).
 fn locked_flags(p: impl AsRef<Path>) -> MsFlags {
@@ -1062,6 +1145,12 @@ mod tests {
             root.join("etc/passwd")
         );
         assert_eq!(secure_join(root, Path::new("/a/up/etc")), root.join("etc"));
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), PathBuf::from("/a b"));
+        assert_eq!(unescape_mountinfo("/plain"), PathBuf::from("/plain"));
     }
 
     #[test]

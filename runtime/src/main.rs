@@ -422,10 +422,13 @@ fn main() {
         eprintln!("berth-runtime: {e:#}");
         std::process::exit(1);
     }
+    let logging_to_file = cli.log.is_some();
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            tracing::error!("{e:#}");
+            if logging_to_file {
+                tracing::error!("{e:#}");
+            }
             eprintln!("berth-runtime: {e:#}");
             std::process::exit(1);
         }

@@ -590,7 +590,9 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         let status = self.status_of(&s);
-        if status == Status::Running && !force {
+        // The spec: deleting a container that is not stopped is an error
+        // (runc also deletes created ones; use force for that).
+        if status != Status::Stopped && !force {
             return Err(RuntimeError::WrongState {
                 id: id.into(),
                 status,
