@@ -86,3 +86,22 @@ pub fn fuzz_config_json(data: &[u8]) {
         let _ = serde_json::to_string(&spec);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fuzz_entry_survives_truncated_and_mutated_configs() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        crate::profile::apply_default(&mut spec);
+        let text = serde_json::to_vec(&spec).unwrap();
+        for cut in (0..text.len()).step_by(7) {
+            crate::fuzz_config_json(&text[..cut]);
+        }
+        for (i, b) in text.iter().enumerate().step_by(13) {
+            let mut t = text.clone();
+            t[i] = b.wrapping_add(1);
+            crate::fuzz_config_json(&t);
+        }
+        crate::fuzz_config_json(&text);
+    }
+}
