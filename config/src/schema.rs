@@ -1,0 +1,539 @@
+//! The config schema. Every table denies unknown keys, so a typo is an error rather than a
+//! silently ignored setting. `docs/CONFIG.md` documents every key; keep the two in step.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Cidr, Cpus, Duration, FileMode, ImageRef, Size};
+
+/// The whole machine config (`berth.toml`, `/var/lib/berth/config.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Host identity.
+    pub host: Host,
+    /// Interfaces, routes, DNS.
+    pub network: Network,
+    /// Kernel parameters, `key = value` (`net.ipv4.ip_forward = 1`).
+    pub sysctl: BTreeMap<String, SysctlValue>,
+    /// Files written under /etc or /var at every boot.
+    pub files: Vec<FileSpec>,
+    /// Kernel modules.
+    pub kernel: Kernel,
+    /// Per-registry settings keyed by `host[:port]`.
+    pub registries: BTreeMap<String, Registry>,
+    /// Workload containers.
+    pub containers: Vec<ContainerSpec>,
+    /// OS updates.
+    pub update: Update,
+    /// Remote administration.
+    pub admin: Admin,
+}
+
+/// `[host]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Host {
+    /// Hostname (RFC 1123, at most 64 characters). Default: `berth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// IANA time zone name, e.g. `Europe/Berlin`. Default: `UTC`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// Hostname used when the config names none.
+pub const DEFAULT_HOSTNAME: &str = "berth";
+
+impl Host {
+    /// The hostname to set.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME)
+    }
+}
+
+/// `[network]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// Interface settings. Empty (the default): DHCP on every interface except loopback.
+    pub interfaces: Vec<Interface>,
+    /// Static DNS settings, merged with what DHCP hands out (static first).
+    pub dns: Dns,
+}
+
+/// How an interface gets its address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressMode {
+    /// DHCPv4 (plus any static `addresses`).
+    #[default]
+    Dhcp,
+    /// Only the static `addresses`.
+    Static,
+}
+
+/// `[[network.interfaces]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Interface name (`eth0`), or a prefix pattern ending in `*` (`en*`).
+    pub name: String,
+    /// `dhcp` (default) or `static`.
+    #[serde(default)]
+    pub mode: AddressMode,
+    /// Static addresses with prefix length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<Cidr>,
+    /// Static routes through this interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// MTU in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+impl Interface {
+    /// Whether this entry applies to the interface called `ifname`.
+    pub fn matches(&self, ifname: &str) -> bool {
+        match self.name.strip_suffix('*') {
+            Some(prefix) => ifname.starts_with(prefix),
+            None => self.name == ifname,
+        }
+    }
+}
+
+/// A route: `to = "default"` or a CIDR, through `via` (gateway) if given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Destination: `default` or a network in CIDR form.
+    pub to: RouteTarget,
+    /// Gateway address; none for an on-link route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
+    /// Route metric (lower wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+}
+
+/// A route destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// `0.0.0.0/0` (or `::/0` when `via` is IPv6).
+    Default,
+    /// A network.
+    Net(Cidr),
+}
+
+impl serde::Serialize for RouteTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RouteTarget::Default => s.serialize_str("default"),
+            RouteTarget::Net(c) => s.collect_str(c),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RouteTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "default" {
+            return Ok(RouteTarget::Default);
+        }
+        s.parse()
+            .map(RouteTarget::Net)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[network.dns]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers.
+    pub servers: Vec<IpAddr>,
+    /// Search domains.
+    pub search: Vec<String>,
+}
+
+/// A sysctl value: written as given (booleans as 1/0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    /// `vm.swappiness = 10`
+    Int(i64),
+    /// `net.ipv4.ip_forward = true`
+    Bool(bool),
+    /// `net.ipv4.ip_local_port_range = "32768 60999"`
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SysctlValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer, a boolean or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Int(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Bool(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Str(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl SysctlValue {
+    /// The text written to `/proc/sys/...`.
+    pub fn as_text(&self) -> String {
+        match self {
+            SysctlValue::Int(i) => i.to_string(),
+            SysctlValue::Bool(b) => u8::from(*b).to_string(),
+            SysctlValue::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// `[[files]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Absolute path under /etc or /var.
+    pub path: String,
+    /// The file's contents (UTF-8 text).
+    #[serde(default)]
+    pub content: String,
+    /// Mode, default `0644`.
+    #[serde(default)]
+    pub mode: FileMode,
+    /// Owner as numeric `uid:gid` (no user database on Berth), default `0:0`.
+    #[serde(default = "default_owner")]
+    pub owner: String,
+}
+
+fn default_owner() -> String {
+    "0:0".into()
+}
+
+impl FileSpec {
+    /// The owner as numbers, if `owner` is well formed.
+    pub fn owner_ids(&self) -> Option<(u32, u32)> {
+        let (u, g) = self.owner.split_once(':')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
+    }
+}
+
+/// `[kernel]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kernel {
+    /// Extra modules to load at boot (names as in `modprobe`).
+    pub modules: Vec<String>,
+}
+
+/// `[registries."host:port"]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registry {
+    /// Plain HTTP or unverified TLS.
+    pub insecure: bool,
+    /// Extra CA certificate(s), PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// User name for basic / token auth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password or token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Mirrors tried in order before the registry itself (`host[:port]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+}
+
+/// `[update]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Update {
+    /// The OS image repository, e.g. `registry.example.com/berth/os:stable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageRef>,
+    /// `manual`, `download` or `auto`.
+    pub policy: UpdatePolicy,
+    /// When `auto` may reboot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<RebootWindow>,
+    /// Extra trusted signing keys (PEM public keys), added to those shipped in the image.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+}
+
+impl Default for Update {
+    fn default() -> Self {
+        Update {
+            source: None,
+            policy: UpdatePolicy::Manual,
+            reboot_window: None,
+            trusted_keys: Vec::new(),
+        }
+    }
+}
+
+/// What the updater does by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdatePolicy {
+    /// Only when told (`osctl update`).
+    #[default]
+    Manual,
+    /// Check and download, install when told.
+    Download,
+    /// Check, download, install and reboot in the reboot window.
+    Auto,
+}
+
+/// A weekly reboot window (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootWindow {
+    /// Days: `mon` .. `sun`; empty = every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Start time `HH:MM`.
+    pub start: String,
+    /// Length of the window.
+    pub duration: Duration,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Public keys allowed remote access, OpenSSH format (`ssh-ed25519 AAAA... comment`).
+    pub keys: Vec<String>,
+}
+
+/// A container definition: a workload (`[[containers]]`) or a system service
+/// (`/usr/lib/berth/services/*.toml`, where these keys are the top level).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// Unique name: lowercase letters, digits, `-`; at most 63.
+    pub name: String,
+    /// Shipped image name or registry reference (see [`ImageRef`]).
+    pub image: ImageRef,
+    /// Command, replacing the image's entrypoint and cmd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Numeric `uid[:gid]` to run as; default: the image's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Bind mounts of host directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Named persistent volumes (`/var/lib/berth/volumes/<name>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// `host` (default) or `none`.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Capabilities added to the default set (`CAP_NET_ADMIN` or `NET_ADMIN`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Start after these (if they are defined).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Start after these and only if they are running; stop when they fail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
+    /// Health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// The boot counts as good only once this container is healthy.
+    #[serde(default)]
+    pub required_for_boot: bool,
+}
+
+/// A bind mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Host path under /var, /etc or /run.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A named persistent volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Volume name: the directory `/var/lib/berth/volumes/<name>`.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub target: String,
+}
+
+/// Root of named volumes.
+pub const VOLUMES_DIR: &str = "/var/lib/berth/volumes";
+
+impl Volume {
+    /// The host directory of this volume.
+    pub fn host_path(&self) -> std::path::PathBuf {
+        std::path::Path::new(VOLUMES_DIR).join(&self.name)
+    }
+}
+
+/// Container network mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The host's network namespace.
+    #[default]
+    Host,
+    /// A namespace with only loopback.
+    None,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Memory limit (`memory.max`), e.g. `"256M"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// CPU quota in CPUs (`cpu.max`), e.g. `0.5`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    /// Process limit (`pids.max`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// When to restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whenever it exits.
+    #[default]
+    Always,
+    /// When it exits non-zero or is killed.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// Restart policy with backoff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Restart {
+    /// `always` (default), `on-failure`, `never`.
+    pub policy: RestartPolicy,
+    /// First delay; doubles after each quick failure.
+    pub backoff: Duration,
+    /// Longest delay.
+    pub max_backoff: Duration,
+    /// Give up after this many restarts in a row (none = never give up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            policy: RestartPolicy::Always,
+            backoff: Duration(std::time::Duration::from_millis(500)),
+            max_backoff: Duration::secs(60),
+            limit: None,
+        }
+    }
+}
+
+/// A health check: exactly one of `exec`, `tcp`, `http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Command run inside the container; healthy if it exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// `host:port` that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// `http://` URL that must answer 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Time between checks.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Time one check may take.
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Failures in a row before the container counts as unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Grace period after start during which failures do not count.
+    #[serde(default = "default_start_period")]
+    pub start_period: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::secs(5)
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_start_period() -> Duration {
+    Duration::secs(0)
+}
+
+/// Which kind of health check a [`Health`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck<'a> {
+    /// Run a command.
+    Exec(&'a [String]),
+    /// Connect to `host:port`.
+    Tcp(&'a str),
+    /// GET a URL.
+    Http(&'a str),
+}
+
+impl Health {
+    /// The check to run (the first given; validation ensures exactly one).
+    pub fn check(&self) -> Option<HealthCheck<'_>> {
+        if let Some(e) = &self.exec {
+            return Some(HealthCheck::Exec(e));
+        }
+        if let Some(t) = &self.tcp {
+            return Some(HealthCheck::Tcp(t));
+        }
+        self.http.as_deref().map(HealthCheck::Http)
+    }
+}

@@ -1,0 +1,205 @@
+//! Parsing and validation tests; the invalid-config corpus lives in `tests/invalid/`.
+
+use super::*;
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn empty_config_is_safe_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c, Config::default());
+    assert!(
+        c.network.interfaces.is_empty(),
+        "empty = DHCP on every interface"
+    );
+    assert!(c.containers.is_empty());
+    assert_eq!(c.host.hostname(), "berth");
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn type_errors_name_path_and_line() {
+    let text = "[host]\nhostname = \"a\"\n\n[[containers]]\nname = \"a\"\nimage = \"ntpd\"\n\n[[containers]]\nname = \"b\"\nimage = \"ntpd\"\nlimits = { memory = \"12Q\" }\n";
+    let e = err(text);
+    assert!(
+        e.starts_with("line 11: containers[1].limits.memory: invalid size \"12Q\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_path_and_line() {
+    let text = "[[containers]]\nname = \"a\"\nimage = \"ntpd\"\n\n[[containers]]\nname = \"a\"\nimage = \"ntpd\"\n";
+    assert_eq!(
+        err(text),
+        "line 6: containers[1].name: duplicate container name \"a\" (also containers[0])"
+    );
+}
+
+/// The ```toml blocks of docs/CONFIG.md.
+fn doc_examples() -> Vec<String> {
+    let doc = include_str!("../../docs/CONFIG.md");
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.trim_end()) {
+            (None, "```toml") => cur = Some(String::new()),
+            (Some(_), "```") => out.extend(cur.take()),
+            (Some(c), l) => {
+                c.push_str(l);
+                c.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn documented_example_parses_validates_and_uses_every_section() {
+    let ex = doc_examples();
+    assert_eq!(ex.len(), 1, "docs/CONFIG.md should have one full example");
+    let c = parse(&ex[0]).unwrap_or_else(|e| panic!("docs/CONFIG.md example: {e}"));
+    assert_eq!(c.host.hostname(), "edge-01.example.com");
+    assert_eq!(c.network.interfaces.len(), 2);
+    assert_eq!(c.network.interfaces[0].routes[0].to, RouteTarget::Default);
+    assert!(c.network.interfaces[1].matches("enp0s3") && !c.network.interfaces[1].matches("eth0"));
+    assert_eq!(c.sysctl["net.ipv4.tcp_syncookies"].as_text(), "1");
+    assert_eq!(c.files[1].mode, FileMode(0o600));
+    assert_eq!(c.files[1].owner_ids(), Some((1000, 1000)));
+    assert_eq!(c.kernel.modules.len(), 2);
+    assert_eq!(c.registries["registry.example.com:5000"].mirrors.len(), 2);
+    assert!(c.registries["localhost:5000"].insecure);
+    assert_eq!(c.containers.len(), 3);
+    let db = &c.containers[0];
+    assert_eq!(db.limits.memory, Some(Size(512 << 20)));
+    assert_eq!(db.limits.cpus, Some(Cpus(1500)));
+    assert_eq!(
+        db.volumes[0].host_path(),
+        std::path::Path::new("/var/lib/berth/volumes/pgdata")
+    );
+    assert!(matches!(
+        db.health.as_ref().unwrap().check(),
+        Some(HealthCheck::Tcp("127.0.0.1:5432"))
+    ));
+    assert_eq!(c.containers[1].restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(c.containers[1].restart.max_backoff, Duration::secs(60));
+    assert_eq!(c.containers[2].network, NetworkMode::None);
+    assert!(matches!(&c.containers[2].image, ImageRef::Shipped { name, .. } if name == "toolbox"));
+    assert_eq!(c.update.policy, UpdatePolicy::Auto);
+    assert_eq!(c.admin.keys.len(), 1);
+    // Every top-level section of the schema is set to something other than its default.
+    let d = Config::default();
+    assert!(
+        c.host != d.host && c.network != d.network && c.sysctl != d.sysctl && c.files != d.files
+    );
+    assert!(
+        c.kernel != d.kernel
+            && c.registries != d.registries
+            && c.update != d.update
+            && c.admin != d.admin
+    );
+    // `osctl config show` prints what parse reads back unchanged.
+    let t = c.to_toml().unwrap();
+    assert_eq!(parse(&t).unwrap(), c, "{t}");
+    let order = start_order(&c.containers.iter().collect::<Vec<_>>()).unwrap();
+    assert_eq!(order, [0, 1, 2]);
+}
+
+#[test]
+fn all_semantic_errors_are_reported_at_once() {
+    let text = "[host]\nhostname = \"bad_name\"\n\n[[files]]\npath = \"/usr/x\"\n";
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert_eq!(e.0[0].line, Some(2));
+    assert_eq!(e.0[1].path.to_string(), "files[0].path");
+    assert_eq!(e.0[1].line, Some(5));
+}
+
+#[test]
+fn validate_without_text_has_paths_but_no_lines() {
+    let mut c = Config::default();
+    c.host.hostname = Some("-x".into());
+    let e = c.validate().unwrap_err();
+    assert_eq!(e.to_string(), "host.hostname: invalid hostname \"-x\" (letters, digits and '-' in dot-separated labels, at most 64 characters)");
+}
+
+#[test]
+fn service_definitions() {
+    let s = parse_service("name = \"ntpd\"\nimage = \"ntpd\"\ncapabilities = [\"SYS_TIME\"]\nrequired_for_boot = true\n").unwrap();
+    assert_eq!(s.name, "ntpd");
+    assert!(s.required_for_boot);
+    assert_eq!(s.network, NetworkMode::Host);
+    assert_eq!(s.restart, Restart::default());
+    let e =
+        parse_service("name = \"ntpd\"\nimage = \"ntpd\"\nlimits = { pids = 0 }\n").unwrap_err();
+    assert_eq!(e.to_string(), "line 3: limits.pids: must be at least 1");
+    let e = parse_service("name = \"ntpd\"\n").unwrap_err();
+    assert_eq!(e.to_string(), "line 1: (top level): missing field `image`");
+}
+
+fn spec(name: &str, after: &[&str], requires: &[&str]) -> ContainerSpec {
+    let mut s = parse_service(&format!("name = \"{name}\"\nimage = \"x\"\n")).unwrap();
+    s.after = after.iter().map(|s| s.to_string()).collect();
+    s.requires = requires.iter().map(|s| s.to_string()).collect();
+    s
+}
+
+#[test]
+fn start_order_over_services_and_workloads() {
+    let set = [
+        spec("web", &["db"], &["net"]),
+        spec("db", &["missing-is-fine"], &[]),
+        spec("net", &[], &[]),
+        spec("log", &[], &[]),
+    ];
+    let refs: Vec<&ContainerSpec> = set.iter().collect();
+    assert_eq!(start_order(&refs).unwrap(), [1, 2, 0, 3]);
+
+    let bad = [spec("a", &[], &["b"])];
+    assert_eq!(
+        start_order(&bad.iter().collect::<Vec<_>>())
+            .unwrap_err()
+            .to_string(),
+        "\"a\" requires \"b\", which is not defined"
+    );
+    let cyc = [
+        spec("a", &["b"], &[]),
+        spec("b", &[], &["c"]),
+        spec("c", &["b"], &[]),
+    ];
+    assert_eq!(
+        start_order(&cyc.iter().collect::<Vec<_>>()).unwrap_err(),
+        DependencyError::Cycle(vec!["b".into(), "c".into(), "b".into()])
+    );
+    let dup = [spec("a", &[], &[]), spec("a", &[], &[])];
+    assert_eq!(
+        start_order(&dup.iter().collect::<Vec<_>>()).unwrap_err(),
+        DependencyError::Duplicate("a".into())
+    );
+    // A long chain does not overflow the stack.
+    let chain: Vec<ContainerSpec> = (0..5000)
+        .map(|i| {
+            let n = format!("c{i}");
+            let prev = format!("c{}", i + 1);
+            spec(&n, &[prev.as_str()], &[])
+        })
+        .collect();
+    let order = start_order(&chain.iter().collect::<Vec<_>>()).unwrap();
+    assert_eq!(order[0], 4999);
+}
+
+#[test]
+fn fuzz_entry_point_survives_odd_input() {
+    for input in [
+        &b"\xff\xfe"[..],
+        b"[[containers]]\n",
+        b"a = 1\na = 2",
+        b"[sysctl]\n\"\" = 1",
+        b"x = \"\\u{0}\"",
+    ] {
+        fuzz_parse(input);
+    }
+}

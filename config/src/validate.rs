@@ -1,0 +1,751 @@
+//! Semantic validation: what types alone cannot say (hostname rules, paths, duplicates,
+//! dependency cycles, ...). Every finding carries its key path and, with the text, its line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path};
+
+use crate::error::{ConfigError, KeyPath, Locator};
+use crate::render::{sysctl_path, valid_domain, valid_hostname};
+use crate::schema::{AddressMode, Config, ContainerSpec, RouteTarget};
+use crate::types::{valid_registry_host, ImageRef};
+
+pub(crate) struct Ctx<'a> {
+    loc: &'a Locator<'a>,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(loc: &'a Locator<'a>) -> Self {
+        Ctx {
+            loc,
+            errors: Vec::new(),
+        }
+    }
+    fn err(&mut self, path: KeyPath, msg: impl Into<String>) {
+        self.errors.push(self.loc.error(path, msg));
+    }
+}
+
+/// Whether `name` is a valid container / service / volume name: 1-63 lowercase letters,
+/// digits and `-`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+/// Checks that `p` is absolute and normal (no `.`, `..`, `//`, trailing `/`).
+fn normal_abs(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if p.contains("//") || (p.len() > 1 && p.ends_with('/')) {
+        return Err("must not contain empty components or a trailing '/'");
+    }
+    if Path::new(p)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err("must not contain '.' or '..'");
+    }
+    if p.bytes().any(|b| b == 0 || b == b'\n') {
+        return Err("must not contain NUL or newline");
+    }
+    Ok(())
+}
+
+/// Whether `p` is strictly below one of `roots` (normal absolute path).
+fn under(p: &str, roots: &[&str]) -> bool {
+    roots.iter().any(|r| {
+        p.strip_prefix(r)
+            .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+    })
+}
+
+/// Validates a whole config.
+pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
+    let root = KeyPath::root();
+    let host = root.key("host");
+    if let Some(h) = &c.host.hostname {
+        if !valid_hostname(h) {
+            cx.err(
+                host.key("hostname"),
+                format!("invalid hostname {h:?} (letters, digits and '-' in dot-separated labels, at most 64 characters)"),
+            );
+        }
+    }
+    if let Some(tz) = &c.host.timezone {
+        let ok = !tz.is_empty()
+            && !tz.starts_with('/')
+            && !tz.split('/').any(|p| p.is_empty() || p == ".." || p == ".")
+            && tz
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
+        if !ok {
+            cx.err(
+                host.key("timezone"),
+                format!("invalid time zone {tz:?} (expected e.g. \"Europe/Berlin\" or \"UTC\")"),
+            );
+        }
+    }
+    network(c, cx);
+    let sys = root.key("sysctl");
+    for k in c.sysctl.keys() {
+        if let Err(e) = sysctl_path(Path::new("/proc/sys"), k) {
+            cx.err(sys.key(k), e.to_string());
+        }
+    }
+    files(c, cx);
+    for (i, m) in c.kernel.modules.iter().enumerate() {
+        if m.is_empty()
+            || m.len() > 64
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            cx.err(
+                root.key("kernel").key("modules").index(i),
+                format!("invalid module name {m:?}"),
+            );
+        }
+    }
+    registries(c, cx);
+    let cpath = root.key("containers");
+    let mut seen = BTreeMap::new();
+    for (i, s) in c.containers.iter().enumerate() {
+        container(s, &cpath.index(i), cx);
+        if let Some(first) = seen.insert(s.name.as_str(), i) {
+            cx.err(
+                cpath.index(i).key("name"),
+                format!(
+                    "duplicate container name {:?} (also containers[{first}])",
+                    s.name
+                ),
+            );
+        }
+    }
+    let entries: Vec<(KeyPath, &ContainerSpec)> = c
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (cpath.index(i), s))
+        .collect();
+    cycles(&entries, cx);
+    update(c, cx);
+    for (i, k) in c.admin.keys.iter().enumerate() {
+        if let Err(why) = ssh_key(k) {
+            cx.err(
+                root.key("admin").key("keys").index(i),
+                format!("invalid public key: {why}"),
+            );
+        }
+    }
+}
+
+fn network(c: &Config, cx: &mut Ctx<'_>) {
+    let net = KeyPath::root().key("network");
+    let ifs = net.key("interfaces");
+    let mut names = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for (i, itf) in c.network.interfaces.iter().enumerate() {
+        let p = ifs.index(i);
+        let n = &itf.name;
+        let stem = n.strip_suffix('*').unwrap_or(n);
+        let ok = n.len() <= 15
+            && !n.is_empty()
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+            && (stem != n || !stem.is_empty());
+        if !ok {
+            cx.err(
+                p.key("name"),
+                format!("invalid interface name {n:?} (at most 15 letters, digits, '-', '_', '.', optionally ending in '*')"),
+            );
+        }
+        if let Some(first) = names.insert(n.as_str(), i) {
+            cx.err(
+                p.key("name"),
+                format!("duplicate interface {n:?} (also network.interfaces[{first}])"),
+            );
+        }
+        if itf.mode == AddressMode::Static && itf.addresses.is_empty() {
+            cx.err(
+                p.key("addresses"),
+                "a static interface needs at least one address",
+            );
+        }
+        if itf.name.ends_with('*') && itf.mode == AddressMode::Static {
+            cx.err(
+                p.key("mode"),
+                "static addresses need an exact interface name, not a pattern",
+            );
+        }
+        for (j, a) in itf.addresses.iter().enumerate() {
+            if a.addr.is_unspecified() || a.addr.is_multicast() || a.addr.is_loopback() {
+                cx.err(
+                    p.key("addresses").index(j),
+                    format!("{a} is not usable as an interface address"),
+                );
+            }
+            if let Some(first) = addrs.insert(a.addr, (i, j)) {
+                cx.err(
+                    p.key("addresses").index(j),
+                    format!(
+                        "duplicate address {} (also network.interfaces[{}].addresses[{}])",
+                        a.addr, first.0, first.1
+                    ),
+                );
+            }
+        }
+        if let Some(m) = itf.mtu {
+            if !(68..=65535).contains(&m) {
+                cx.err(p.key("mtu"), format!("invalid MTU {m} (68 to 65535)"));
+            }
+        }
+        for (j, r) in itf.routes.iter().enumerate() {
+            let rp = p.key("routes").index(j);
+            if let (RouteTarget::Net(n), Some(via)) = (&r.to, &r.via) {
+                if n.addr.is_ipv4() != via.is_ipv4() {
+                    cx.err(
+                        rp.key("via"),
+                        format!("gateway {via} and destination {n} are of different IP versions"),
+                    );
+                }
+            }
+            if let RouteTarget::Net(n) = &r.to {
+                if n.network() != n.addr {
+                    cx.err(
+                        rp.key("to"),
+                        format!(
+                            "{n} has host bits set (did you mean {}/{}?)",
+                            n.network(),
+                            n.prefix
+                        ),
+                    );
+                }
+            }
+            if r.to == RouteTarget::Default && r.via.is_none() && itf.mode == AddressMode::Static {
+                cx.err(rp.key("via"), "a default route needs a gateway (via)");
+            }
+            if let Some(via) = r.via {
+                if via.is_unspecified() || via.is_multicast() {
+                    cx.err(rp.key("via"), format!("{via} is not a usable gateway"));
+                }
+            }
+        }
+    }
+    let dns = net.key("dns");
+    for (i, s) in c.network.dns.servers.iter().enumerate() {
+        if s.is_unspecified() || s.is_multicast() {
+            cx.err(
+                dns.key("servers").index(i),
+                format!("{s} is not a usable name server"),
+            );
+        }
+    }
+    for (i, d) in c.network.dns.search.iter().enumerate() {
+        if !valid_domain(d) {
+            cx.err(
+                dns.key("search").index(i),
+                format!("invalid search domain {d:?}"),
+            );
+        }
+    }
+    if c.network.dns.search.len() > 6 {
+        cx.err(dns.key("search"), "at most 6 search domains");
+    }
+}
+
+fn files(c: &Config, cx: &mut Ctx<'_>) {
+    let fp = KeyPath::root().key("files");
+    let mut seen = BTreeMap::new();
+    for (i, f) in c.files.iter().enumerate() {
+        let p = fp.index(i);
+        if let Err(why) = normal_abs(&f.path) {
+            cx.err(p.key("path"), format!("{:?} {why}", f.path));
+        } else if !under(&f.path, &["/etc", "/var"]) {
+            cx.err(
+                p.key("path"),
+                format!(
+                    "{:?} is outside /etc and /var (files may only be written there)",
+                    f.path
+                ),
+            );
+        }
+        if let Some(first) = seen.insert(f.path.as_str(), i) {
+            cx.err(
+                p.key("path"),
+                format!("duplicate file {:?} (also files[{first}])", f.path),
+            );
+        }
+        if f.owner_ids().is_none() {
+            cx.err(
+                p.key("owner"),
+                format!(
+                    "invalid owner {:?} (expected numeric \"uid:gid\", e.g. \"0:0\")",
+                    f.owner
+                ),
+            );
+        }
+        if f.content.len() > 1 << 20 {
+            cx.err(p.key("content"), "content larger than 1 MiB");
+        }
+    }
+}
+
+fn registries(c: &Config, cx: &mut Ctx<'_>) {
+    let rp = KeyPath::root().key("registries");
+    for (host, r) in &c.registries {
+        let p = rp.key(host);
+        if !valid_registry_host(host) {
+            cx.err(
+                p.clone(),
+                format!("invalid registry {host:?} (expected host[:port])"),
+            );
+        }
+        for (i, m) in r.mirrors.iter().enumerate() {
+            if !valid_registry_host(m) {
+                cx.err(
+                    p.key("mirrors").index(i),
+                    format!("invalid mirror {m:?} (expected host[:port])"),
+                );
+            }
+        }
+        if let Some(ca) = &r.ca {
+            if !ca.contains("-----BEGIN CERTIFICATE-----")
+                || !ca.contains("-----END CERTIFICATE-----")
+            {
+                cx.err(
+                    p.key("ca"),
+                    "expected a PEM certificate (-----BEGIN CERTIFICATE----- ...)",
+                );
+            }
+        }
+        if r.password.is_some() != r.username.is_some() {
+            cx.err(
+                p.key(if r.username.is_some() {
+                    "username"
+                } else {
+                    "password"
+                }),
+                "username and password go together",
+            );
+        }
+    }
+}
+
+fn update(c: &Config, cx: &mut Ctx<'_>) {
+    let up = KeyPath::root().key("update");
+    let u = &c.update;
+    if let Some(ImageRef::Shipped { .. }) = u.source {
+        cx.err(up.key("source"), "the update source must be a registry reference (e.g. \"registry.example.com/berth/os:stable\")");
+    }
+    if u.policy != crate::schema::UpdatePolicy::Manual && u.source.is_none() {
+        cx.err(up.key("policy"), "automatic updates need update.source");
+    }
+    if let Some(w) = &u.reboot_window {
+        let wp = up.key("reboot_window");
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        for (i, d) in w.days.iter().enumerate() {
+            if !DAYS.contains(&d.as_str()) {
+                cx.err(
+                    wp.key("days").index(i),
+                    format!("invalid day {d:?} (mon, tue, wed, thu, fri, sat, sun)"),
+                );
+            }
+        }
+        let hm = w.start.split_once(':').and_then(|(h, m)| {
+            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60 && w.start.len() == 5).then_some(())
+        });
+        if hm.is_none() {
+            cx.err(
+                wp.key("start"),
+                format!("invalid time {:?} (expected HH:MM, UTC)", w.start),
+            );
+        }
+        let d = w.duration.get().as_secs();
+        if !(60..=24 * 3600).contains(&d) {
+            cx.err(
+                wp.key("duration"),
+                "the window must last between 1 minute and 24 hours",
+            );
+        }
+    }
+    for (i, k) in u.trusted_keys.iter().enumerate() {
+        if !k.contains("-----BEGIN PUBLIC KEY-----") || !k.contains("-----END PUBLIC KEY-----") {
+            cx.err(
+                up.key("trusted_keys").index(i),
+                "expected a PEM public key (-----BEGIN PUBLIC KEY----- ...)",
+            );
+        }
+    }
+}
+
+fn ssh_key(k: &str) -> Result<(), &'static str> {
+    let mut it = k.split_whitespace();
+    let ty = it.next().ok_or("empty")?;
+    const TYPES: [&str; 6] = [
+        "ssh-ed25519",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "ssh-rsa",
+        "sk-ssh-ed25519@openssh.com",
+    ];
+    if !TYPES.contains(&ty) {
+        return Err("unknown key type (expected e.g. ssh-ed25519)");
+    }
+    let b64 = it.next().ok_or("missing the base64 key")?;
+    if b64.len() < 16
+        || !b64
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    {
+        return Err("the key is not base64");
+    }
+    Ok(())
+}
+
+/// Known Linux capability names (without `CAP_`).
+const CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Whether `cap` names a Linux capability (`CAP_NET_ADMIN` or `NET_ADMIN`, any case).
+pub fn valid_capability(cap: &str) -> bool {
+    let up = cap.to_ascii_uppercase();
+    let bare = up.strip_prefix("CAP_").unwrap_or(&up);
+    CAPS.contains(&bare)
+}
+
+/// Validates one container definition found at `p`.
+pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, cx: &mut Ctx<'_>) {
+    if !valid_name(&s.name) {
+        cx.err(
+            p.key("name"),
+            format!(
+                "invalid name {:?} (1-63 lowercase letters, digits and '-', not starting with '-')",
+                s.name
+            ),
+        );
+    }
+    if s.command.first().is_some_and(|c| c.is_empty()) {
+        cx.err(p.key("command").index(0), "the program must not be empty");
+    }
+    for k in s.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            cx.err(p.key("env").key(k), format!("invalid variable name {k:?}"));
+        }
+    }
+    if let Some(w) = &s.workdir {
+        if let Err(why) = normal_abs(w) {
+            cx.err(p.key("workdir"), format!("{w:?} {why}"));
+        }
+    }
+    if let Some(u) = &s.user {
+        let ok = match u.split_once(':') {
+            Some((a, b)) => a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok(),
+            None => u.parse::<u32>().is_ok(),
+        };
+        if !ok {
+            cx.err(
+                p.key("user"),
+                format!("invalid user {u:?} (expected numeric \"uid\" or \"uid:gid\")"),
+            );
+        }
+    }
+    let mut targets = BTreeSet::new();
+    for (i, m) in s.mounts.iter().enumerate() {
+        let mp = p.key("mounts").index(i);
+        if let Err(why) = normal_abs(&m.source) {
+            cx.err(mp.key("source"), format!("{:?} {why}", m.source));
+        } else if !under(&m.source, &["/var", "/etc", "/run"]) {
+            cx.err(
+                mp.key("source"),
+                format!("{:?} is outside /var, /etc and /run", m.source),
+            );
+        }
+        if let Err(why) = normal_abs(&m.target) {
+            cx.err(mp.key("target"), format!("{:?} {why}", m.target));
+        } else if !targets.insert(m.target.as_str()) {
+            cx.err(mp.key("target"), format!("{:?} is mounted twice", m.target));
+        }
+    }
+    let mut vols = BTreeSet::new();
+    for (i, v) in s.volumes.iter().enumerate() {
+        let vp = p.key("volumes").index(i);
+        if !valid_name(&v.name) {
+            cx.err(vp.key("name"), format!("invalid volume name {:?}", v.name));
+        }
+        if !vols.insert(v.name.as_str()) {
+            cx.err(vp.key("name"), format!("duplicate volume {:?}", v.name));
+        }
+        if let Err(why) = normal_abs(&v.target) {
+            cx.err(vp.key("target"), format!("{:?} {why}", v.target));
+        } else if !targets.insert(v.target.as_str()) {
+            cx.err(vp.key("target"), format!("{:?} is mounted twice", v.target));
+        }
+    }
+    for (i, c) in s.capabilities.iter().enumerate() {
+        if !valid_capability(c) {
+            cx.err(
+                p.key("capabilities").index(i),
+                format!("unknown capability {c:?}"),
+            );
+        }
+    }
+    let lp = p.key("limits");
+    if let Some(m) = s.limits.memory {
+        if m.bytes() < 4 << 20 {
+            cx.err(lp.key("memory"), format!("{m} is too small (at least 4M)"));
+        }
+    }
+    if s.limits.pids == Some(0) {
+        cx.err(lp.key("pids"), "must be at least 1");
+    }
+    let r = &s.restart;
+    if r.backoff > r.max_backoff {
+        cx.err(
+            p.key("restart").key("backoff"),
+            "longer than restart.max_backoff",
+        );
+    }
+    if let Some(h) = &s.health {
+        let hp = p.key("health");
+        let n = usize::from(h.exec.is_some())
+            + usize::from(h.tcp.is_some())
+            + usize::from(h.http.is_some());
+        if n != 1 {
+            cx.err(hp.clone(), "give exactly one of exec, tcp, http");
+        }
+        if h.exec
+            .as_ref()
+            .is_some_and(|e| e.first().is_none_or(|c| c.is_empty()))
+        {
+            cx.err(hp.key("exec"), "the command must not be empty");
+        }
+        if let Some(t) = &h.tcp {
+            let ok = t.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                cx.err(
+                    hp.key("tcp"),
+                    format!("invalid address {t:?} (expected host:port, e.g. \"127.0.0.1:8080\")"),
+                );
+            }
+        }
+        if let Some(u) = &h.http {
+            let ok = u.strip_prefix("http://").is_some_and(|rest| {
+                !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
+            });
+            if !ok {
+                cx.err(
+                    hp.key("http"),
+                    format!("invalid URL {u:?} (expected http://host:port/path)"),
+                );
+            }
+        }
+        if h.timeout.get().is_zero() || h.interval.get().is_zero() {
+            cx.err(hp.clone(), "interval and timeout must be positive");
+        }
+    }
+    for key in ["after", "requires"] {
+        let list = if key == "after" {
+            &s.after
+        } else {
+            &s.requires
+        };
+        for (i, d) in list.iter().enumerate() {
+            if !valid_name(d) {
+                cx.err(p.key(key).index(i), format!("invalid name {d:?}"));
+            } else if *d == s.name {
+                cx.err(p.key(key).index(i), "a container cannot depend on itself");
+            }
+        }
+    }
+}
+
+/// A problem in a set of container definitions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DependencyError {
+    /// Two definitions share a name.
+    #[error("duplicate container name {0:?}")]
+    Duplicate(String),
+    /// `requires` names a container that is not defined.
+    #[error("{name:?} requires {missing:?}, which is not defined")]
+    Missing {
+        /// The dependent.
+        name: String,
+        /// The missing one.
+        missing: String,
+    },
+    /// A dependency cycle, e.g. `["a", "b", "a"]`.
+    #[error("dependency cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+}
+
+/// Finds a cycle among `specs` following `after` and `requires` (names not in the set are
+/// ignored). Returns the cycle as names, first repeated at the end.
+fn find_cycle(specs: &[&ContainerSpec]) -> Option<Vec<String>> {
+    let idx: BTreeMap<&str, usize> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let deps = |i: usize| -> Vec<usize> {
+        specs[i]
+            .after
+            .iter()
+            .chain(&specs[i].requires)
+            .filter_map(|d| idx.get(d.as_str()).copied())
+            .collect()
+    };
+    // 0 = unvisited, 1 = on the stack, 2 = done. Iterative DFS (definitions come from outside).
+    let mut color = vec![0u8; specs.len()];
+    for start in 0..specs.len() {
+        if color[start] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, Vec<usize>)> = vec![(start, deps(start))];
+        color[start] = 1;
+        while let Some((node, rest)) = stack.last_mut() {
+            let node = *node;
+            match rest.pop() {
+                Some(next) if color[next] == 1 => {
+                    let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                    let mut cyc: Vec<String> = stack[pos..]
+                        .iter()
+                        .map(|(n, _)| specs[*n].name.clone())
+                        .collect();
+                    cyc.push(specs[next].name.clone());
+                    return Some(cyc);
+                }
+                Some(next) if color[next] == 0 => {
+                    color[next] = 1;
+                    let d = deps(next);
+                    stack.push((next, d));
+                }
+                Some(_) => {}
+                None => {
+                    color[node] = 2;
+                    stack.pop();
+                }
+            }
+        }
+    }
+    None
+}
+
+fn cycles(entries: &[(KeyPath, &ContainerSpec)], cx: &mut Ctx<'_>) {
+    let specs: Vec<&ContainerSpec> = entries.iter().map(|(_, s)| *s).collect();
+    if let Some(cyc) = find_cycle(&specs) {
+        let first = &cyc[0];
+        if let Some((p, s)) = entries.iter().find(|(_, s)| &s.name == first) {
+            let key = if cyc.len() > 1 && s.requires.contains(&cyc[1]) {
+                "requires"
+            } else {
+                "after"
+            };
+            cx.err(
+                p.key(key),
+                format!("dependency cycle: {}", cyc.join(" -> ")),
+            );
+        }
+    }
+}
+
+/// Checks a full set of definitions (system services plus workloads) and returns the start
+/// order as indices into `specs`: dependencies first, otherwise in the given order.
+/// Every `requires` must be defined; `after` may name containers that are not.
+pub fn start_order(specs: &[&ContainerSpec]) -> Result<Vec<usize>, DependencyError> {
+    let mut idx = BTreeMap::new();
+    for (i, s) in specs.iter().enumerate() {
+        if idx.insert(s.name.as_str(), i).is_some() {
+            return Err(DependencyError::Duplicate(s.name.clone()));
+        }
+    }
+    for s in specs {
+        if let Some(m) = s.requires.iter().find(|r| !idx.contains_key(r.as_str())) {
+            return Err(DependencyError::Missing {
+                name: s.name.clone(),
+                missing: m.clone(),
+            });
+        }
+    }
+    if let Some(c) = find_cycle(specs) {
+        return Err(DependencyError::Cycle(c));
+    }
+    // Kahn's algorithm, always taking the lowest ready index so the order is stable.
+    let mut indeg = vec![0usize; specs.len()];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); specs.len()];
+    for (i, s) in specs.iter().enumerate() {
+        let ds: BTreeSet<usize> = s
+            .after
+            .iter()
+            .chain(&s.requires)
+            .filter_map(|d| idx.get(d.as_str()).copied())
+            .collect();
+        indeg[i] = ds.len();
+        for d in ds {
+            users[d].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..specs.len()).filter(|&i| indeg[i] == 0).collect();
+    let mut order = Vec::with_capacity(specs.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.insert(u);
+            }
+        }
+    }
+    Ok(order)
+}
