@@ -1,0 +1,737 @@
+//! Safe, streaming layer unpacker: one directory per layer, ready for overlayfs stacking.
+//!
+//! Whiteouts become overlayfs markers inside the layer's own directory, so they only act
+//! on lower layers when stacked: `.wh.NAME` becomes a 0:0 character device `NAME`, and
+//! `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory.
+//!
+//! Safety: every entry path is checked component by component. `..` and absolute paths
+//! are refused, no parent component may be a symlink (so a symlink planted by an earlier
+//! entry can never redirect a later write), hardlink targets must be inside the layer,
+//! and device nodes follow [`DevicePolicy`]. The layer directory is expected to be a
+//! fresh private directory that only this unpacker writes to.
+
+use crate::manifest::Compression;
+use rustix::fs::{AtFlags, FileType, Mode, Timestamps, XattrFlags, CWD};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors of this module. Each names the tar entry involved.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The archive itself is malformed or truncated.
+    #[error("layer archive is malformed or truncated")]
+    Archive(#[source] io::Error),
+    /// An entry tries to leave the layer directory.
+    #[error("unsafe layer entry {entry:?}: {reason}")]
+    Unsafe {
+        /// Entry path as written in the archive.
+        entry: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A device node where the policy forbids them.
+    #[error("layer entry {entry:?} is a device node, which this unpack does not allow")]
+    Device {
+        /// Entry path.
+        entry: String,
+    },
+    /// An entry type we cannot represent (e.g. GNU sparse files).
+    #[error("layer entry {entry:?} has an unsupported type ({kind})")]
+    Unsupported {
+        /// Entry path.
+        entry: String,
+        /// Its tar type.
+        kind: String,
+    },
+    /// A filesystem operation failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What to do with character and block devices in a layer (FIFOs are always allowed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DevicePolicy {
+    /// Skip them with a warning (default: containers get devices from the runtime).
+    #[default]
+    Skip,
+    /// Fail the unpack.
+    Deny,
+    /// Create them (trusted system images only).
+    Allow,
+}
+
+/// Unpack options.
+#[derive(Clone, Debug)]
+pub struct UnpackOptions {
+    /// Apply the archive's uid/gid (needs root; default: when running as root).
+    pub same_owner: bool,
+    /// Device node policy.
+    pub devices: DevicePolicy,
+    /// Apply xattrs from PAX headers (`trusted.overlay.*` ones are always dropped).
+    pub xattrs: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        let root = rustix::process::geteuid().is_root();
+        Self {
+            same_owner: root,
+            devices: DevicePolicy::default(),
+            xattrs: true,
+        }
+    }
+}
+
+/// What an unpack produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Entries created.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Whiteouts turned into overlay markers.
+    pub whiteouts: u64,
+}
+
+const OPAQUE: &str = ".wh..wh..opq";
+const WH_PREFIX: &str = ".wh.";
+
+/// Decompress `reader` with `compression` and unpack the tar stream into `dest`
+/// (an existing, empty directory). `reader` is borrowed so the caller can drain what
+/// follows the tar end (for digest checks).
+pub fn unpack<R: Read>(
+    reader: &mut R,
+    compression: Compression,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let buffered = io::BufReader::with_capacity(256 << 10, reader);
+    match compression {
+        Compression::None => unpack_tar(buffered, dest, opts),
+        Compression::Gzip => unpack_tar(flate2::bufread::MultiGzDecoder::new(buffered), dest, opts),
+        Compression::Zstd => {
+            let dec =
+                zstd::stream::read::Decoder::with_buffer(buffered).map_err(UnpackError::Archive)?;
+            unpack_tar(dec, dest, opts)
+        }
+    }
+}
+
+/// Guess the compression from the first bytes (gzip and zstd magic numbers).
+pub fn detect_compression(prefix: &[u8]) -> Compression {
+    if prefix.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if prefix.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn unpack_tar<R: Read>(
+    reader: R,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut u = Unpacker {
+        root: dest.to_path_buf(),
+        opts: opts.clone(),
+        dirs: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: UnpackStats::default(),
+        buf: vec![0u8; 256 << 10],
+    };
+    for entry in archive.entries().map_err(UnpackError::Archive)? {
+        let mut entry = entry.map_err(UnpackError::Archive)?;
+        u.entry(&mut entry)?;
+    }
+    // Directory mtimes last: creating children changes them.
+    for (path, ts) in u.dir_times.iter().rev() {
+        set_times(path, *ts).map_err(|source| UnpackError::Io {
+            op: "set the mtime of",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(u.stats)
+}
+
+struct Unpacker {
+    root: PathBuf,
+    opts: UnpackOptions,
+    /// Relative paths already known to be real directories (not symlinks).
+    dirs: HashSet<PathBuf>,
+    dir_times: Vec<(PathBuf, (i64, i64))>,
+    stats: UnpackStats,
+    buf: Vec<u8>,
+}
+
+/// Split an archive path into safe components: no `..`, not absolute.
+fn clean(raw: &[u8], entry: &str) -> Result<Vec<PathBuf>, UnpackError> {
+    if raw.first() == Some(&b'/') {
+        return Err(UnpackError::Unsafe {
+            entry: entry.to_string(),
+            reason: "absolute path",
+        });
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(UnpackError::Unsafe {
+                    entry: entry.to_string(),
+                    reason: "path contains `..`",
+                })
+            }
+            c => out.push(PathBuf::from(OsStr::from_bytes(c))),
+        }
+    }
+    Ok(out)
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+    move |source| UnpackError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Unpacker {
+    /// Make sure every component of `rel` is a real directory inside the root, creating
+    /// missing ones (0755). Refuses to go through symlinks or non-directories.
+    fn ensure_dir(&mut self, rel: &Path, entry: &str, create: bool) -> Result<(), UnpackError> {
+        let mut cur = PathBuf::new();
+        for c in rel.components() {
+            cur.push(c);
+            if self.dirs.contains(&cur) {
+                continue;
+            }
+            let full = self.root.join(&cur);
+            match fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(UnpackError::Unsafe {
+                        entry: entry.to_string(),
+                        reason: "a parent directory is a symlink",
+                    })
+                }
+                Ok(_) => {
+                    return Err(UnpackError::Unsafe {
+                        entry: entry.to_string(),
+                        reason: "a parent component is not a directory",
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::create_dir(&full).map_err(io_err("create directory", &full))?;
+                }
+                Err(e) => return Err(io_err("inspect", &full)(e)),
+            }
+            self.dirs.insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    /// Remove whatever is at `rel` (unless `keep_dir` and it is a directory).
+    /// Returns true when a directory was kept.
+    fn clear(&mut self, rel: &Path, keep_dir: bool) -> Result<bool, UnpackError> {
+        let full = self.root.join(rel);
+        match fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_dir() => {
+                if keep_dir {
+                    return Ok(true);
+                }
+                fs::remove_dir_all(&full).map_err(io_err("remove", &full))?;
+                self.dirs.retain(|d| !d.starts_with(rel));
+            }
+            Ok(_) => fs::remove_file(&full).map_err(io_err("remove", &full))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("inspect", &full)(e)),
+        }
+        Ok(false)
+    }
+
+    fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw = e.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let parts = clean(&raw, &name)?;
+        let kind = e.header().entry_type();
+        let Some((last, parents)) = parts.split_last() else {
+            // The layer root itself ("./"): keep our own directory's attributes.
+            return Ok(());
+        };
+        let parent: PathBuf = parents.iter().collect();
+        let rel = parent.join(last);
+        let last_s = last.as_os_str().as_bytes();
+
+        // Whiteouts.
+        if last_s == OPAQUE.as_bytes() {
+            self.ensure_dir(&parent, &name, true)?;
+            let dir = self.root.join(&parent);
+            rustix::fs::lsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())
+                .map_err(|e| io_err("mark opaque", &dir)(e.into()))?;
+            self.stats.whiteouts += 1;
+            return Ok(());
+        }
+        if let Some(target) = last_s.strip_prefix(WH_PREFIX.as_bytes()) {
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(UnpackError::Unsafe {
+                    entry: name,
+                    reason: "malformed whiteout name",
+                });
+            }
+            self.ensure_dir(&parent, &name, true)?;
+            let full = self.root.join(&parent).join(OsStr::from_bytes(target));
+            if fs::symlink_metadata(&full).is_ok() {
+                // The same layer also creates NAME: whiteouts apply to lower layers only.
+                return Ok(());
+            }
+            rustix::fs::mknodat(
+                CWD,
+                &full,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                rustix::fs::makedev(0, 0),
+            )
+            .map_err(|e| io_err("create whiteout", &full)(e.into()))?;
+            self.stats.whiteouts += 1;
+            return Ok(());
+        }
+
+        self.ensure_dir(&parent, &name, true)?;
+        let full = self.root.join(&rel);
+        let header = e.header().clone();
+        let mode = header.mode().map_err(UnpackError::Archive)? & 0o7777;
+        let uid = header.uid().map_err(UnpackError::Archive)?;
+        let gid = header.gid().map_err(UnpackError::Archive)?;
+        let mtime = header.mtime().map_err(UnpackError::Archive)?;
+        let xattrs = if self.opts.xattrs {
+            pax_xattrs(e)?
+        } else {
+            Vec::new()
+        };
+
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                if !self.clear(&rel, true)? {
+                    fs::create_dir(&full).map_err(io_err("create directory", &full))?;
+                }
+                self.dirs.insert(rel.clone());
+            }
+            T::Regular | T::Continuous => {
+                self.clear(&rel, false)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .mode(0o600)
+                    .open(&full)
+                    .map_err(io_err("create", &full))?;
+                self.stats.bytes += copy(e, &mut f, &mut self.buf, &full)?;
+            }
+            T::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::Unsafe {
+                        entry: name.clone(),
+                        reason: "symlink without a target",
+                    })?
+                    .into_owned();
+                self.clear(&rel, false)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &full)
+                    .map_err(io_err("create symlink", &full))?;
+            }
+            T::Link => {
+                let target = e
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let tparts = clean(&target, &name).map_err(|_| UnpackError::Unsafe {
+                    entry: name.clone(),
+                    reason: "hardlink target outside the layer",
+                })?;
+                let Some((tlast, tparents)) = tparts.split_last() else {
+                    return Err(UnpackError::Unsafe {
+                        entry: name,
+                        reason: "hardlink to the layer root",
+                    });
+                };
+                let tparent: PathBuf = tparents.iter().collect();
+                self.ensure_dir(&tparent, &name, false)
+                    .map_err(|_| UnpackError::Unsafe {
+                        entry: name.clone(),
+                        reason: "hardlink target is not inside this layer",
+                    })?;
+                let tfull = self.root.join(&tparent).join(tlast);
+                match fs::symlink_metadata(&tfull) {
+                    Ok(m) if !m.is_dir() => {}
+                    _ => {
+                        return Err(UnpackError::Unsafe {
+                            entry: name,
+                            reason: "hardlink target is missing from this layer or is a directory",
+                        })
+                    }
+                }
+                if tfull == full {
+                    return Ok(());
+                }
+                self.clear(&rel, false)?;
+                fs::hard_link(&tfull, &full).map_err(io_err("create hardlink", &full))?;
+                // A hardlink shares the target's inode: its metadata is already set.
+                self.stats.entries += 1;
+                return Ok(());
+            }
+            T::Fifo | T::Char | T::Block => {
+                let ft = match kind {
+                    T::Fifo => FileType::Fifo,
+                    T::Char => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
+                };
+                if ft != FileType::Fifo {
+                    match self.opts.devices {
+                        DevicePolicy::Deny => return Err(UnpackError::Device { entry: name }),
+                        DevicePolicy::Skip => {
+                            tracing::warn!(entry = %name, "skipping device node in layer");
+                            return Ok(());
+                        }
+                        DevicePolicy::Allow => {}
+                    }
+                }
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                self.clear(&rel, false)?;
+                rustix::fs::mknodat(
+                    CWD,
+                    &full,
+                    ft,
+                    Mode::from_raw_mode(mode),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| io_err("create device node", &full)(e.into()))?;
+            }
+            T::XGlobalHeader => return Ok(()),
+            other => {
+                return Err(UnpackError::Unsupported {
+                    entry: name,
+                    kind: format!("{other:?}"),
+                })
+            }
+        }
+
+        // Metadata: owner first (chown clears set-id bits), then mode, xattrs, times.
+        let is_link = kind == T::Symlink;
+        if self.opts.same_owner {
+            let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+                return Err(UnpackError::Unsafe {
+                    entry: name,
+                    reason: "uid or gid out of range",
+                });
+            };
+            if uid == u32::MAX || gid == u32::MAX {
+                return Err(UnpackError::Unsafe {
+                    entry: name,
+                    reason: "uid or gid out of range",
+                });
+            }
+            rustix::fs::chownat(
+                CWD,
+                &full,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err("change the owner of", &full)(e.into()))?;
+        }
+        if !is_link {
+            fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                .map_err(io_err("set the mode of", &full))?;
+        }
+        for (k, v) in xattrs {
+            if k.starts_with(b"trusted.overlay.") {
+                continue;
+            }
+            let key = OsStr::from_bytes(&k);
+            if let Err(err) = rustix::fs::lsetxattr(&full, key, &v, XattrFlags::empty()) {
+                if err == rustix::io::Errno::PERM || err == rustix::io::Errno::NOTSUP {
+                    tracing::warn!(entry = %name, xattr = %key.to_string_lossy(), "xattr not applied: {err}");
+                } else {
+                    return Err(io_err("set an xattr on", &full)(err.into()));
+                }
+            }
+        }
+        let ts = (i64::try_from(mtime).unwrap_or(0), 0);
+        if kind == T::Directory {
+            self.dir_times.push((full, ts));
+        } else {
+            set_times(&full, ts).map_err(io_err("set the mtime of", &full))?;
+        }
+        self.stats.entries += 1;
+        Ok(())
+    }
+}
+
+/// Extended attributes as (name, value) pairs.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn pax_xattrs<R: Read>(e: &mut tar::Entry<'_, R>) -> Result<Xattrs, UnpackError> {
+    let mut out = Vec::new();
+    if let Some(exts) = e.pax_extensions().map_err(UnpackError::Archive)? {
+        for ext in exts {
+            let ext = ext.map_err(UnpackError::Archive)?;
+            if let Some(k) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                if !k.is_empty() && !k.contains(&0) {
+                    out.push((k.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn copy<R: Read>(
+    src: &mut R,
+    dst: &mut File,
+    buf: &mut [u8],
+    path: &Path,
+) -> Result<u64, UnpackError> {
+    let mut n = 0u64;
+    loop {
+        let k = match src.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Archive(e)),
+        };
+        dst.write_all(&buf[..k]).map_err(io_err("write", path))?;
+        n += k as u64;
+    }
+}
+
+fn set_times(path: &Path, (sec, nsec): (i64, i64)) -> io::Result<()> {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Build a tar in memory. Each item: (path, kind, data-or-link).
+    pub(crate) fn tar_of(items: &[(&str, char, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in items {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(1000);
+            h.set_gid(1001);
+            h.set_mtime(1_000_000);
+            h.set_size(0);
+            match kind {
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                }
+                'd' => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o750);
+                }
+                'l' => h.set_entry_type(tar::EntryType::Symlink),
+                'h' => h.set_entry_type(tar::EntryType::Link),
+                'c' => h.set_entry_type(tar::EntryType::Char),
+                _ => unreachable!(),
+            }
+            // Write raw names so tests can craft `..` and absolute paths.
+            let name = path.as_bytes();
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name[..name.len()].copy_from_slice(name);
+            if matches!(kind, 'l' | 'h') {
+                gnu.linkname[..data.len()].copy_from_slice(data.as_bytes());
+            }
+            h.set_cksum();
+            let body: &[u8] = if *kind == 'f' { data.as_bytes() } else { &[] };
+            b.append(&h, body).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn run(items: &[(&str, char, &str)]) -> (tempfile::TempDir, Result<UnpackStats, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("layer");
+        fs::create_dir(&dest).unwrap();
+        let data = tar_of(items);
+        let r = unpack(
+            &mut &data[..],
+            Compression::None,
+            &dest,
+            &UnpackOptions::default(),
+        );
+        (dir, r)
+    }
+
+    fn only_layer(dir: &Path) {
+        let names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("layer")],
+            "something escaped the layer dir"
+        );
+    }
+
+    #[test]
+    fn unpacks_files_dirs_links_and_metadata() {
+        let (dir, r) = run(&[
+            ("etc/", 'd', ""),
+            ("etc/hostname", 'f', "berth\n"),
+            ("etc/link", 'l', "hostname"),
+            ("etc/hard", 'h', "etc/hostname"),
+            ("usr/bin/tool", 'f', "#!/bin/sh\n"),
+        ]);
+        let s = r.unwrap();
+        assert_eq!(s.entries, 5);
+        let l = dir.path().join("layer");
+        assert_eq!(
+            fs::read_to_string(l.join("etc/hostname")).unwrap(),
+            "berth\n"
+        );
+        assert_eq!(
+            fs::read_link(l.join("etc/link")).unwrap(),
+            Path::new("hostname")
+        );
+        let a = fs::metadata(l.join("etc/hostname")).unwrap();
+        let b = fs::metadata(l.join("etc/hard")).unwrap();
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(a.mode() & 0o7777, 0o644);
+        assert_eq!(a.mtime(), 1_000_000);
+        let d = fs::metadata(l.join("etc")).unwrap();
+        assert_eq!(d.mode() & 0o7777, 0o750);
+        assert_eq!(
+            d.mtime(),
+            1_000_000,
+            "directory mtime restored after its children"
+        );
+        if rustix::process::geteuid().is_root() {
+            assert_eq!((a.uid(), a.gid()), (1000, 1001));
+        }
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_markers() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let (dir, r) = run(&[
+            ("a/.wh..wh..opq", 'f', ""),
+            ("a/keep", 'f', "x"),
+            ("b/.wh.gone", 'f', ""),
+            ("b/.wh.keep", 'f', ""),
+            ("b/keep", 'f', "y"),
+        ]);
+        assert_eq!(r.unwrap().whiteouts, 3);
+        let l = dir.path().join("layer");
+        let m = fs::symlink_metadata(l.join("b/gone")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &m.file_type()
+        ));
+        assert_eq!(m.rdev(), 0);
+        let mut buf = [0u8; 4];
+        let n = rustix::fs::lgetxattr(l.join("a"), "trusted.overlay.opaque", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"y");
+        assert_eq!(fs::read_to_string(l.join("a/keep")).unwrap(), "x");
+        // A whiteout for a name the same layer creates does not remove it.
+        assert_eq!(fs::read_to_string(l.join("b/keep")).unwrap(), "y");
+    }
+
+    #[test]
+    fn refuses_dotdot_absolute_symlink_and_hardlink_escapes() {
+        let cases: &[&[(&str, char, &str)]] = &[
+            &[("../evil", 'f', "x")],
+            &[("a/../../evil", 'f', "x")],
+            &[("/tmp/evil", 'f', "x")],
+            &[("link", 'l', "/"), ("link/evil", 'f', "x")],
+            &[("link", 'l', ".."), ("link/evil", 'f', "x")],
+            &[("h", 'h', "../../etc/passwd")],
+            &[("h", 'h', "/etc/passwd")],
+            &[("l", 'l', "/etc"), ("h", 'h', "l/passwd")],
+        ];
+        for items in cases {
+            let (dir, r) = run(items);
+            let err = r.expect_err(&format!("{items:?} must fail"));
+            assert!(
+                matches!(err, UnpackError::Unsafe { .. }),
+                "{items:?}: {err}"
+            );
+            only_layer(dir.path());
+        }
+    }
+
+    #[test]
+    fn device_policy() {
+        let data = tar_of(&[("dev/null", 'c', "")]);
+        let dir = tempfile::tempdir().unwrap();
+        let deny = UnpackOptions {
+            devices: DevicePolicy::Deny,
+            ..Default::default()
+        };
+        let r = unpack(&mut &data[..], Compression::None, dir.path(), &deny);
+        assert!(matches!(r, Err(UnpackError::Device { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        unpack(
+            &mut &data[..],
+            Compression::None,
+            dir.path(),
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        assert!(!dir.path().join("dev/null").exists());
+    }
+
+    #[test]
+    fn gzip_and_zstd_and_truncation() {
+        let data = tar_of(&[("f", 'f', "hello")]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&data[..], 1).unwrap();
+        for (c, bytes) in [(Compression::Gzip, &gz), (Compression::Zstd, &zs)] {
+            assert_eq!(detect_compression(bytes), c);
+            let dir = tempfile::tempdir().unwrap();
+            unpack(&mut &bytes[..], c, dir.path(), &UnpackOptions::default()).unwrap();
+            assert_eq!(fs::read_to_string(dir.path().join("f")).unwrap(), "hello");
+            let dir = tempfile::tempdir().unwrap();
+            let cut = &bytes[..bytes.len() / 2];
+            assert!(unpack(&mut &cut[..], c, dir.path(), &UnpackOptions::default()).is_err());
+        }
+    }
+}
