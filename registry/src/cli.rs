@@ -360,7 +360,11 @@ async fn copy(
                 progress: progress.clone(),
                 ..Default::default()
             };
-            s.pull(&c, r, &opts).await?.name
+            let img = s.pull(&c, r, &opts).await?;
+            // Copy exactly the platform pulled, not the whole index.
+            let name = format!("{}#{}", img.name, opts.platform);
+            s.set_ref(&name, &img.digest)?;
+            name
         }
         Loc::Registry(r) => {
             // `push NAME`: a name in the store.

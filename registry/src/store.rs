@@ -474,6 +474,13 @@ impl Store {
             digest: manifest.config.digest.clone(),
             source,
         })?;
+        if !config.architecture.is_empty() && !platform.matches(&config.platform()) {
+            return Err(StoreError::WrongPlatform {
+                reference: name.to_string(),
+                wanted: platform.to_string(),
+                found: config.platform().to_string(),
+            });
+        }
         let layers = manifest
             .layers
             .iter()
@@ -577,8 +584,11 @@ impl Store {
             self.write_blob(d, b)?;
         }
         self.write_blob(&res.manifest_digest, &res.manifest_bytes)?;
+        // The ref names what was asked for: the index when there is one (other platforms
+        // can be pulled under the same name later), else the manifest.
         let name = r.to_string();
-        self.set_ref(&name, &res.manifest_digest)?;
+        let top = res.index.as_ref().map_or(&res.manifest_digest, |(_, d)| d);
+        self.set_ref(&name, top)?;
         let layers = if opts.unpack {
             m.layers.iter().map(|l| self.layer_dir(&l.digest)).collect()
         } else {
