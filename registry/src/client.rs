@@ -724,6 +724,15 @@ impl Client {
                 .await;
             let resp = match resp {
                 Ok(resp) if resp.status().is_success() => resp,
+                Ok(resp) if offset > 0 && resp.status() == StatusCode::RANGE_NOT_SATISFIABLE => {
+                    // The server has no bytes past what we got: the blob is short.
+                    return Err(ClientError::SizeMismatch {
+                        registry: host,
+                        digest: d.digest.clone(),
+                        expected: d.size,
+                        got: offset,
+                    });
+                }
                 Ok(resp) if offset == 0 && hi + 1 < hosts.len() => {
                     tracing::debug!(%host, status = %resp.status(), "mirror failed; next");
                     hi += 1;

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Errors of the store. Each names the reference, digest or path involved.
@@ -547,7 +548,11 @@ impl Store {
         }
         let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallel.max(1)));
         let mut set = tokio::task::JoinSet::new();
+        // On the first failure the other layers stop at their next read; we wait for
+        // them so nothing is still writing when pull returns.
+        let cancel = Arc::new(AtomicBool::new(false));
         for layer in m.layers.clone() {
+            let cancel = cancel.clone();
             let (s, c, r2, o, sem) = (
                 self.clone(),
                 client.clone(),
@@ -557,7 +562,10 @@ impl Store {
             );
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                s.fetch_layer(&c, &r2, &layer, &o).await
+                if cancel.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                s.fetch_layer(&c, &r2, &layer, &o, cancel).await
             });
         }
         let mut first_err = None;
@@ -572,7 +580,7 @@ impl Store {
             if let Err(e) = res {
                 if first_err.is_none() {
                     first_err = Some(e);
-                    set.abort_all();
+                    cancel.store(true, Ordering::SeqCst);
                 }
             }
         }
@@ -618,6 +626,7 @@ impl Store {
         r: &Reference,
         d: &Descriptor,
         o: &PullOptions,
+        cancel: Arc<AtomicBool>,
     ) -> Result<(), StoreError> {
         // One download per digest in this process; later callers find it done.
         let lock = self.digest_lock(&d.digest);
@@ -669,6 +678,7 @@ impl Store {
                     src: &mut reader,
                     file: io::BufWriter::with_capacity(1 << 20, file),
                     werr: None,
+                    cancel,
                 };
                 let res = if want_unpack {
                     s.unpack_to_store(
@@ -687,10 +697,17 @@ impl Store {
                     return Err(io_err("write", &s.blob_path(&d2.digest))(e));
                 }
                 res.map_err(|e| match e {
+                    // A transfer or digest failure surfaces as a read error inside the
+                    // archive reader: report it as what it is.
                     StoreError::Unpack {
                         source: UnpackError::Archive(ioe),
                         digest,
-                    } => map_read_err(ioe, &rs, &digest, &s.blob_path(&digest)),
+                    } if ioe
+                        .get_ref()
+                        .is_some_and(|i| i.is::<ClientError>() || i.is::<CorruptBlob>()) =>
+                    {
+                        map_read_err(ioe, &rs, &digest, &s.blob_path(&digest))
+                    }
                     e => e,
                 })?;
                 let file = tee
@@ -724,10 +741,27 @@ impl Store {
             .prefix("layer-")
             .tempdir_in(&tmp)
             .map_err(io_err("create a directory in", &tmp))?;
-        unpack::unpack(src, c, dir.path(), uo).map_err(|source| StoreError::Unpack {
-            digest: d.digest.clone(),
-            source,
-        })?;
+        if let Err(e) = unpack::unpack(src, c, dir.path(), uo) {
+            if matches!(e, UnpackError::Archive(_)) {
+                // A damaged archive is usually a damaged blob: if the rest of the stream
+                // shows a digest or transfer error, report that instead.
+                if let Err(drain) = io::copy(src, &mut io::sink()) {
+                    if drain
+                        .get_ref()
+                        .is_some_and(|i| i.is::<ClientError>() || i.is::<CorruptBlob>())
+                    {
+                        return Err(StoreError::Unpack {
+                            digest: d.digest.clone(),
+                            source: UnpackError::Archive(drain),
+                        });
+                    }
+                }
+            }
+            return Err(StoreError::Unpack {
+                digest: d.digest.clone(),
+                source: e,
+            });
+        }
         // Whatever follows the tar end still counts for the digest.
         io::copy(src, &mut io::sink()).map_err(|e| StoreError::Unpack {
             digest: d.digest.clone(),
@@ -1103,10 +1137,16 @@ struct Tee<'a, R: Read> {
     src: &'a mut R,
     file: io::BufWriter<tempfile::NamedTempFile>,
     werr: Option<io::Error>,
+    cancel: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "cancelled: another layer of this image failed",
+            ));
+        }
         let n = self.src.read(buf)?;
         if self.werr.is_none() {
             if let Err(e) = self.file.write_all(&buf[..n]) {
