@@ -136,7 +136,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 async fn escaping_layers_are_refused() {
     let reg = Registry::start("");
     let outside = format!("/tmp/berth-evil-{}", std::process::id());
-    let cases: Vec<(&str, Vec<(&str, char, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, char, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "dotdot",
             vec![("../../../../evil", 'f', "x")],
@@ -149,7 +150,7 @@ async fn escaping_layers_are_refused() {
         ),
         (
             "symlink",
-            vec![("d", 'l', "/tmp"), (&"d/berth-evil-symlink", 'f', "x")],
+            vec![("d", 'l', "/tmp"), ("d/berth-evil-symlink", 'f', "x")],
             "symlink",
         ),
         (
@@ -189,7 +190,7 @@ async fn corrupt_truncated_and_missing_blobs() {
         ("truncated", 1, "wrong size"),
         ("missing", 2, "404"),
     ] {
-        let r = push_image(&reg, repo, &[l.clone()]).await;
+        let r = push_image(&reg, repo, std::slice::from_ref(&l)).await;
         let data = reg.blob_data(ld.hex());
         match damage {
             0 => {
