@@ -47,6 +47,9 @@ enum Cmd {
         #[arg(long)]
         systemd_boot: Option<PathBuf>,
     },
+    // Registry subcommands (pull, unpack, push, copy): owned by the berth-registry crate.
+    #[command(flatten)]
+    Registry(berth_registry::cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Registry(cmd) => Ok(berth_registry::cli::run(cmd)?),
         Cmd::Build {
             arch,
             kernel,

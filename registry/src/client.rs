@@ -50,7 +50,7 @@ pub struct RegistryConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Could not connect (DNS, refused, timeout).
-    #[error("cannot reach registry {registry}: check the address, that it is running and the network (use an insecure registry setting for plain HTTP)")]
+    #[error("cannot reach registry {registry}: check the address, that the registry is running, and the network")]
     Unreachable {
         /// Host.
         registry: String,
