@@ -649,6 +649,26 @@ fn plan_resources(r: &oci_spec::runtime::LinuxResources) -> Result<Resources, Pl
             .map(|((ma, mi), v)| format!("{ma}:{mi} {}", v.join(" ")))
             .collect();
     }
+    if r.network().is_some() {
+        return Err(invalid(
+            "linux.resources.network",
+            "net_cls/net_prio do not exist in cgroup v2; not supported",
+        ));
+    }
+    if r.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(invalid("linux.resources.rdma", "not supported"));
+    }
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
+        let size = h.page_size();
+        if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid(
+                format!("linux.resources.hugepageLimits[{i}].pageSize"),
+                format!("{size:?} is not a page size like 2MB"),
+            ));
+        }
+        out.unified
+            .push((format!("hugetlb.{size}.max"), h.limit().to_string()));
+    }
     if let Some(u) = r.unified() {
         let mut kv: Vec<_> = u.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         kv.sort();

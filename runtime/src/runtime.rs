@@ -398,7 +398,7 @@ impl Runtime {
             preserve_fds: opts.preserve_fds,
             state_json,
         };
-        let mut sock = spawn_stage1(init_plan, opts.stdio.take())
+        let (mut sock, _stage1) = spawn_stage1(init_plan, opts.stdio.take())
             .map_err(io_err("starting init for", &dir))?;
         let mut pid = 0;
         loop {
@@ -700,7 +700,7 @@ impl Runtime {
             console_socket: opts.console_socket.clone(),
             preserve_fds: opts.preserve_fds,
         };
-        let mut sock =
+        let (mut sock, _stage1) =
             spawn_stage1(init_plan, opts.stdio.take()).map_err(|e| io_err("exec in", e))?;
         let mut pid = 0;
         loop {
@@ -768,7 +768,7 @@ pub(crate) const INIT_ENV: &str = "_BERTH_RUNTIME_INIT_FD";
 /// Starts stage 1: a plain fork when this process is single-threaded (the
 /// CLI), otherwise a re-exec of `/proc/self/exe` whose `main` calls
 /// [`crate::maybe_run_init`] (sysd). Returns the runtime's end of the socket.
-fn spawn_stage1(init_plan: InitPlan, stdio: Option<Stdio3>) -> io::Result<UnixStream> {
+fn spawn_stage1(init_plan: InitPlan, stdio: Option<Stdio3>) -> io::Result<(UnixStream, Reaper)> {
     let (mut ours, theirs) = UnixStream::pair()?;
     if sys::threads() == 1 {
         match sys::fork()? {
@@ -788,10 +788,7 @@ fn spawn_stage1(init_plan: InitPlan, stdio: Option<Stdio3>) -> io::Result<UnixSt
             sys::ForkResult::Parent(pid) => {
                 drop(theirs);
                 drop(stdio);
-                // Stage 1 exits right after reporting; reap it in the background
-                // of the protocol: it is waited for when its socket end closes.
-                reap_later(pid);
-                Ok(ours)
+                Ok((ours, Reaper(pid)))
             }
         }
     } else {
@@ -805,25 +802,24 @@ fn spawn_stage1(init_plan: InitPlan, stdio: Option<Stdio3>) -> io::Result<UnixSt
         sys::keep_fd_on_exec(&mut cmd, theirs.as_raw_fd());
         let child = cmd.spawn()?;
         drop(theirs);
-        init::send(&mut ours, &Msg::Init(Box::new(init_plan)))?;
-        reap_later(child.id() as i32);
-        Ok(ours)
+        let reaper = Reaper(child.id() as i32);
+        if let Err(e) = init::send(&mut ours, &Msg::Init(Box::new(init_plan))) {
+            // Stage 1 sees EOF and exits; then the reaper can wait for it.
+            drop(ours);
+            return Err(e);
+        }
+        Ok((ours, reaper))
     }
 }
 
-/// Stage 1 exits immediately after cloning; reap it without blocking the
-/// protocol (it is usually already gone by the time this runs).
-fn reap_later(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let p = nix::unistd::Pid::from_raw(pid);
-    loop {
-        match nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::StillAlive) if Instant::now() < deadline => {
-                // Stage 1 needs to send the pid first; give it a moment.
-                std::thread::sleep(Duration::from_micros(50));
-            }
-            _ => return,
-        }
+/// Reaps stage 1 when dropped. Stage 1 exits right after it has reported
+/// the container's pid (or an error), so this wait is short.
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let p = nix::unistd::Pid::from_raw(self.0);
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(p, None) {}
     }
 }
 
