@@ -443,3 +443,73 @@ fn no_leaks_after_many_cycles() {
         "container process {last_pid} still running"
     );
 }
+
+#[test]
+fn terminal_via_console_socket() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let b = Bundle::new(&["sh", "-c", "tty; echo hello-from-pty"], |s| {
+        s["process"]["terminal"] = json!(true);
+    });
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock_path = sockdir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let id = uid("tty");
+    let bundle = b.path().to_str().unwrap().to_string();
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 256];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&conn),
+            &mut iov,
+            Some(&mut cmsg),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fd = None;
+        for c in msg.cmsgs().unwrap() {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                fd = fds.first().copied();
+            }
+        }
+        // SAFETY: the fd was just received over SCM_RIGHTS and is owned by us.
+        #[allow(unsafe_code)]
+        let master = unsafe { OwnedFd::from_raw_fd(fd.expect("no fd received")) };
+        let mut f = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // Read until the slave side closes (EIO) or enough arrived.
+        while let Ok(n) = f.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&out).contains("hello-from-pty") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let (ok, err) = b.rt_bg(&[
+        "create",
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        "--bundle",
+        &bundle,
+        &id,
+    ]);
+    assert!(ok, "{err}");
+    assert!(b.rt(&["start", &id]).status.success());
+    let out = receiver.join().unwrap();
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("hello-from-pty"), "{out}");
+    for _ in 0..200 {
+        if b.rt(&["delete", &id]).status.success() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("container did not stop");
+}
