@@ -1,1 +1,213 @@
-//! Berth networking (work in progress).
+//! Berth networking for sysd: links up, static addresses and routes over rtnetlink, a
+//! DHCPv4 client, DNS from the config and the leases, and a status readout for
+//! `osctl status`. No external binaries, no C libraries.
+//!
+//! ```no_run
+//! # async fn f(config: berth_config::Config) -> Result<(), berth_net::NetError> {
+//! let nl = berth_net::Netlink::connect()?;
+//! let applied = berth_net::apply(&nl, &config.network, &berth_net::DhcpOptions::default()).await?;
+//! let (servers, search) = applied.dns();
+//! let resolv_conf = config.resolv_conf(&servers, &search);
+//! println!("{}", nl.status().await?);
+//! # let _ = resolv_conf; Ok(()) }
+//! ```
+
+pub mod dhcp;
+pub mod netlink;
+
+use std::net::IpAddr;
+
+use berth_config::{AddressMode, Cidr, Interface, Network, RouteTarget};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use dhcp::{DhcpClient, DhcpError, DhcpEvent, DhcpOptions, DhcpState, Lease};
+pub use netlink::{InterfaceStatus, Link, NetStatus, Netlink, NetlinkError, RouteInfo};
+
+/// Failures of [`apply`].
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink step failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A DHCP client could not start.
+    #[error(transparent)]
+    Dhcp(#[from] DhcpError),
+    /// An interface named in the config does not exist.
+    #[error("network.interfaces[{index}]: no interface {name:?} on this machine")]
+    MissingInterface {
+        /// Index in `network.interfaces`.
+        index: usize,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// A running DHCP client.
+pub struct DhcpHandle {
+    /// Interface.
+    pub ifname: String,
+    /// Its state; changes on every lease event.
+    pub state: watch::Receiver<DhcpState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DhcpHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What [`apply`] set up. Dropping it stops the DHCP clients (their addresses stay until
+/// the lease would have been renewed; call [`apply`] again to reconfigure).
+#[derive(Default)]
+pub struct Applied {
+    /// One per DHCP interface.
+    pub dhcp: Vec<DhcpHandle>,
+    /// Interfaces configured statically.
+    pub static_interfaces: Vec<String>,
+}
+
+impl Applied {
+    /// DNS servers and search domains from the current leases (append them after the
+    /// config's own: [`berth_config::Config::resolv_conf`]).
+    pub fn dns(&self) -> (Vec<IpAddr>, Vec<String>) {
+        let mut servers = Vec::new();
+        let mut search = Vec::new();
+        for h in &self.dhcp {
+            if let Some(l) = &h.state.borrow().lease {
+                servers.extend(l.dns.iter().map(|a| IpAddr::V4(*a)));
+                search.extend(l.search.iter().cloned());
+            }
+        }
+        (servers, search)
+    }
+}
+
+/// The config entry for `link`: the first that matches, or DHCP for every interface when
+/// the config lists none (the safe default). Loopback never gets an entry.
+pub fn entry_for<'a>(net: &'a Network, link: &Link) -> Option<std::borrow::Cow<'a, Interface>> {
+    if link.is_loopback() {
+        return None;
+    }
+    if net.interfaces.is_empty() {
+        return Some(std::borrow::Cow::Owned(Interface {
+            name: link.name.clone(),
+            mode: AddressMode::Dhcp,
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            mtu: None,
+        }));
+    }
+    net.interfaces
+        .iter()
+        .find(|i| i.matches(&link.name))
+        .map(std::borrow::Cow::Borrowed)
+}
+
+/// Applies `[network]`: loopback up; every configured interface up with its MTU, static
+/// addresses and routes; a DHCP client on each `dhcp` interface. Interfaces the config does
+/// not mention are left alone. Returns the DHCP clients (keep the value alive).
+pub async fn apply(nl: &Netlink, net: &Network, opts: &DhcpOptions) -> Result<Applied, NetError> {
+    let links = nl.links().await?;
+    for (index, i) in net.interfaces.iter().enumerate() {
+        if !i.name.ends_with('*') && !links.iter().any(|l| l.name == i.name) {
+            return Err(NetError::MissingInterface {
+                index,
+                name: i.name.clone(),
+            });
+        }
+    }
+    let mut applied = Applied::default();
+    for link in &links {
+        if link.is_loopback() {
+            nl.set_up(link, None).await?;
+            continue;
+        }
+        let Some(entry) = entry_for(net, link) else {
+            continue;
+        };
+        tracing::info!(ifname = %link.name, mode = ?entry.mode, "configuring interface");
+        nl.set_up(link, entry.mtu).await?;
+        for a in &entry.addresses {
+            nl.add_address(link, *a).await?;
+        }
+        for r in &entry.routes {
+            let dst = match r.to {
+                RouteTarget::Net(n) => n,
+                RouteTarget::Default => Cidr {
+                    addr: match r.via {
+                        Some(IpAddr::V6(_)) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                    },
+                    prefix: 0,
+                },
+            };
+            nl.add_route(link, dst, r.via, r.metric).await?;
+        }
+        match entry.mode {
+            AddressMode::Static => applied.static_interfaces.push(link.name.clone()),
+            AddressMode::Dhcp => {
+                let client = DhcpClient::new(link.clone(), opts.clone())?;
+                let (tx, rx) = watch::channel(DhcpState {
+                    ifname: link.name.clone(),
+                    lease: None,
+                    event: DhcpEvent::Searching,
+                    renewals: 0,
+                    rebinds: 0,
+                    error: None,
+                });
+                let task = tokio::spawn(client.run(nl.clone(), tx));
+                applied.dhcp.push(DhcpHandle {
+                    ifname: link.name.clone(),
+                    state: rx,
+                    task,
+                });
+            }
+        }
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str) -> Link {
+        Link {
+            index: 2,
+            name: name.into(),
+            mac: vec![2, 0, 0, 0, 0, 1],
+            up: false,
+            lower_up: false,
+            mtu: Some(1500),
+        }
+    }
+
+    #[test]
+    fn default_config_means_dhcp_everywhere_but_loopback() {
+        let net = Network::default();
+        assert_eq!(
+            entry_for(&net, &link("eth0")).unwrap().mode,
+            AddressMode::Dhcp
+        );
+        assert!(entry_for(&net, &link("lo")).is_none());
+    }
+
+    #[test]
+    fn first_matching_entry_wins() {
+        let c = berth_config::parse(
+            "[[network.interfaces]]\nname = \"eth0\"\nmode = \"static\"\naddresses = [\"192.0.2.2/24\"]\n\n[[network.interfaces]]\nname = \"e*\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            entry_for(&c.network, &link("eth0")).unwrap().mode,
+            AddressMode::Static
+        );
+        assert_eq!(
+            entry_for(&c.network, &link("ens3")).unwrap().mode,
+            AddressMode::Dhcp
+        );
+        assert!(entry_for(&c.network, &link("wlan0")).is_none());
+    }
+}
