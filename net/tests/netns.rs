@@ -71,6 +71,10 @@ impl Pair {
     }
 
     fn start_dnsmasq(&self) {
+        self.start_dnsmasq_with("10.213.7.50,10.213.7.60", &[]);
+    }
+
+    fn start_dnsmasq_with(&self, range: &str, extra: &[&str]) {
         let d = self.dir.path();
         let child = Command::new("ip")
             .args([
@@ -89,7 +93,8 @@ impl Pair {
                 "--bind-interfaces",
             ])
             .arg(format!("--interface={}", self.srv_if))
-            .arg("--dhcp-range=10.213.7.50,10.213.7.60,255.255.255.0,2m")
+            .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+            .args(extra)
             .arg("--dhcp-option=option:router,10.213.7.1")
             .arg("--dhcp-option=option:dns-server,10.213.7.1")
             .arg("--dhcp-option=option:domain-search,test.berth")
@@ -364,4 +369,59 @@ fn static_addresses_routes_and_mtu() {
         st.default_routes[0].gateway,
         Some("10.213.9.1".parse().unwrap())
     );
+}
+
+#[test]
+fn nak_on_renewal_drops_the_address_and_starts_over() {
+    let pair = Pair::new();
+    pair.server_address("10.213.7.1/24");
+    pair.start_dnsmasq();
+    let cli_if = pair.cli_if.clone();
+    pair.in_client(async || {
+        let nl = Netlink::connect().unwrap();
+        let opts = DhcpOptions {
+            initial_retry: Duration::from_secs(1),
+            min_renew_retry: Duration::from_secs(1),
+            max_renew_retry: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let applied = apply(&nl, &berth_config::Network::default(), &opts)
+            .await
+            .unwrap();
+        let mut rx = applied.dhcp[0].state.clone();
+        let first = wait_for(&mut rx, "a lease", 30, |s| s.lease.is_some())
+            .await
+            .lease
+            .unwrap();
+        // The server is renumbered: it refuses the old address (NAK) at renewal, and the
+        // client drops it and gets a new one.
+        pair.stop_dnsmasq();
+        pair.start_dnsmasq_with("10.213.7.100,10.213.7.110", &["--dhcp-authoritative"]);
+        let s = wait_for(&mut rx, "a lease from the new range", 20, |s| {
+            s.lease.as_ref().is_some_and(|l| l.address != first.address)
+        })
+        .await;
+        let new = s.lease.unwrap();
+        let IpAddr::V4(a) = new.address.addr else {
+            panic!("not IPv4")
+        };
+        assert!((100..=110).contains(&a.octets()[3]), "{a}");
+        let st = nl.status().await.unwrap();
+        let itf = st
+            .interfaces
+            .iter()
+            .find(|i| i.link.name == cli_if)
+            .unwrap();
+        assert!(itf.addresses.contains(&new.address), "{st:?}");
+        assert!(
+            !itf.addresses.contains(&first.address),
+            "old address still there: {st:?}"
+        );
+        assert_eq!(st.default_routes.len(), 1, "{st:?}");
+        assert_eq!(
+            st.default_routes[0].gateway,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 213, 7, 1)))
+        );
+    });
+    assert!(pair.log().contains("DHCPNAK"), "{}", pair.log());
 }
