@@ -240,9 +240,15 @@ impl Client {
 
     /// Settings that apply to `host`.
     pub fn config(&self, host: &str) -> &RegistryConfig {
+        let alias = if host == "registry-1.docker.io" {
+            crate::reference::DOCKER_HUB
+        } else {
+            host
+        };
         self.inner
             .registries
             .get(host)
+            .or_else(|| self.inner.registries.get(alias))
             .unwrap_or(&self.inner.default)
     }
 

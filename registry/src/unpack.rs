@@ -463,7 +463,7 @@ impl Unpacker {
                 .map_err(io_err("set the mode of", &full))?;
         }
         for (k, v) in xattrs {
-            if k.starts_with(b"trusted.overlay.") {
+            if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
                 continue;
             }
             let key = OsStr::from_bytes(&k);
