@@ -660,6 +660,25 @@ mod tests {
     }
 
     #[test]
+    fn default_profile_compiles_fast_and_cache_hits() {
+        let s = crate::profile::default_seccomp();
+        let t0 = std::time::Instant::now();
+        let p = compile(&s).unwrap();
+        let cold = t0.elapsed();
+        let _ = compile_cached(&s).unwrap();
+        let t1 = std::time::Instant::now();
+        let q = compile_cached(&s).unwrap();
+        let warm = t1.elapsed();
+        assert_eq!(p, q);
+        eprintln!(
+            "default profile: {} insns, compile {cold:?}, cached {warm:?}",
+            p.insns.len()
+        );
+        // Generous bound (debug build, loaded machine): compilation is cheap.
+        assert!(cold < std::time::Duration::from_millis(200), "{cold:?}");
+    }
+
+    #[test]
     fn cache_returns_same_program() {
         let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#);
         assert_eq!(compile_cached(&s).unwrap(), compile(&s).unwrap());

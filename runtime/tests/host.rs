@@ -513,3 +513,28 @@ fn terminal_via_console_socket() {
     }
     panic!("container did not stop");
 }
+
+#[test]
+fn create_container_and_start_container_hooks() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("cc.log");
+    let b = Bundle::new(&["cat", "/dev/shm/started"], |s| {
+        s["hooks"] = json!({
+            // Runs in the container's namespaces, before pivot_root: host paths resolve.
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!("readlink /proc/self/ns/mnt > {}", log.display())]}],
+            // Runs in the container after start, before the process: container paths.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /dev/shm/started"]}],
+        });
+    });
+    let id = uid("cchooks");
+    let (code, out, err) = b.run(&id);
+    assert_eq!(code, 0, "{err}");
+    // The createContainer hook ran in the container's mount namespace.
+    let hook_ns = std::fs::read_to_string(&log).unwrap();
+    let ours = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert!(hook_ns.starts_with("mnt:["), "{hook_ns}");
+    assert_ne!(hook_ns.trim(), ours.to_string_lossy());
+    // The startContainer hook got the state on stdin.
+    assert!(out.contains(&format!("\"id\":\"{id}\"")), "{out}");
+    assert!(out.contains("\"status\":\"running\""), "{out}");
+}
