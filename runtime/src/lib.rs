@@ -35,6 +35,26 @@
 //! is compiled by a pure-Rust BPF compiler ([`seccomp`]) and cached per
 //! process, so stage 2 only executes precomputed steps.
 //!
+//! # cgroups
+//!
+//! [`cgroup::Cgroup`] manages one cgroup v2 directory below the cgroup2 mount
+//! (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host). The
+//! container's cgroup is `<cgroup_parent>/<id>` (default parent
+//! `berth-runtime`) unless the spec has an absolute `cgroupsPath`. Controllers
+//! needed by the limits are enabled in every ancestor's
+//! `cgroup.subtree_control`, so those ancestors must not hold processes
+//! themselves (cgroup v2's no-internal-process rule): sysd should run in a
+//! leaf such as `berth/sysd` and give containers `berth/<service>` parents.
+//! A limit whose controller is missing is refused with an error naming the
+//! field; `delete` kills what is left in the cgroup and removes it.
+//!
+//! To see the limits work on a cgroup v2 system (the Berth guest), run a
+//! bundle with e.g. `linux.resources.memory.limit` set through
+//! `berth-runtime run`: an OOM kill ends with exit status 137 and the message
+//! "container ... was OOM-killed"; `berth-runtime events --stats ID` prints
+//! memory, cpu (incl. throttling) and pids counters. `tests/cgroup_v2.rs`
+//! does exactly that (ignored on the hybrid build host).
+//!
 //! # API
 //!
 //! ```no_run
