@@ -224,6 +224,61 @@ fn wait_pid(pid: i32) -> i32 {
     }
 }
 
+/// Signals `run` forwards to the container.
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for the container's init (our child) while forwarding the usual
+/// terminal and job-control signals to it, as `runc run` does. The signals
+/// are blocked before the container is created (children reset their mask
+/// before exec), so none is lost in between.
+fn wait_forwarding_signals(pid: i32) -> i32 {
+    use nix::sys::signal::Signal;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let set = forwarded_signals();
+    let Ok(sfd) = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) else {
+        return wait_pid(pid);
+    };
+    let child = nix::unistd::Pid::from_raw(pid);
+    let code = loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(s) => break exit_code(s),
+            Err(_) => break 1,
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&sfd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo != libc::SIGCHLD {
+                if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+            }
+        }
+    };
+    code
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let rt = Runtime::new(&cli.root);
     let rootless_flag = cli.rootless.clone();
@@ -251,6 +306,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             r => r?,
         },
         Cmd::Run { create, detach } => {
+            if !detach {
+                let _ = nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                    Some(&forwarded_signals()),
+                    None,
+                );
+            }
             let st = rt.create(&create.container_id, &create.bundle, create_opts(&create))?;
             if let Err(e) = rt.start(&create.container_id) {
                 let _ = rt.delete(&create.container_id, true);
@@ -259,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if detach {
                 return Ok(0);
             }
-            let code = wait_pid(st.pid);
+            let code = wait_forwarding_signals(st.pid);
             let stats = rt.stats(&create.container_id).unwrap_or_default();
             if stats.oom_kill_events.unwrap_or(0) > 0 {
                 eprintln!(

@@ -538,3 +538,41 @@ fn create_container_and_start_container_hooks() {
     assert!(out.contains(&format!("\"id\":\"{id}\"")), "{out}");
     assert!(out.contains("\"status\":\"running\""), "{out}");
 }
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    let b = Bundle::new(
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 5' TERM; echo ready; sleep 20 & wait",
+        ],
+        |_| {},
+    );
+    let mut child = Command::new(BIN)
+        .arg("--root")
+        .arg(b.root.path())
+        .args([
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &uid("sigfwd"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(5), "{rest}");
+    assert!(rest.contains("got-term"), "{rest}");
+}
