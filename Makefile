@@ -7,7 +7,15 @@ BUILD     := build/$(ARCH)
 TARGET_x86_64 := x86_64-unknown-linux-gnu
 TARGET_arm64  := aarch64-unknown-linux-gnu
 TARGET    := $(TARGET_$(ARCH))
+ifeq ($(ARCH),arm64)
+# Debian's rustc-web has the arm64 std (no rustup target); a separate target dir keeps its
+# artifacts apart from the rustup toolchain's.
+CROSS_ENV := RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/cross-arm64
+BIN_DIR   := target/cross-arm64/$(TARGET)/release
+else
+CROSS_ENV :=
 BIN_DIR   := target/$(TARGET)/release
+endif
 BUILD_ID  ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
 OS_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 CONFIG    ?= examples/berth.toml
@@ -18,6 +26,10 @@ APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
 	systemd-boot-efi erofs-utils dosfstools mtools fdisk gdisk e2fsprogs cryptsetup-bin \
 	busybox-static socat kmod cpio docker-registry skopeo umoci apache2-utils dnsmasq-base \
 	iproute2 runc crun
+
+# The arm64 build: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
+APT_PACKAGES_ARM64 := rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
+	libc6-dev-arm64-cross qemu-system-arm qemu-efi-aarch64
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -34,7 +46,11 @@ help:
 	@echo "make bench       run the benchmarks under bench/"
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@if [ "$(ARCH)" = arm64 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then \
+	  echo "make deps: enabling the arm64 package architecture"; \
+	  $(SUDO) dpkg --add-architecture arm64 && $(SUDO) apt-get update -qq; \
+	fi
+	@missing=""; for p in $(APT_PACKAGES) $(if $(filter arm64,$(ARCH)),$(APT_PACKAGES_ARM64)); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -42,21 +58,22 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/kernel/version:
+$(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi:
 	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(if $(filter metal,$(PROFILE)),generic,cloud)
 
-kernel: deps $(BUILD)/kernel/version
+kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi
 
 # The OS binaries: static (no C library in the root image).
 bins:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) \
+	$(CROSS_ENV) RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET) \
 		-p berth-init -p berth-sysd -p berth-osctl
 
 image: deps kernel bins
 	$(CARGO) build --release -p berth-image
 	target/release/berth-image build --arch $(ARCH) --kernel $(BUILD)/kernel --bin $(BIN_DIR) \
 		--out $(BUILD) --build-id $(BUILD_ID) --os-version $(OS_VERSION) \
-		--modules kernel-config/modules-$(PROFILE).txt --cmdline kernel-config/cmdline-$(ARCH).txt
+		--modules kernel-config/modules-$(PROFILE).txt --cmdline kernel-config/cmdline-$(ARCH).txt \
+		--systemd-boot $(BUILD)/kernel/systemd-boot.efi
 
 run: image
 	qemu/run.sh --arch $(ARCH) --config $(CONFIG) $(BUILD)/berth.img

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Fetch the Debian kernel for Berth into a build folder, never touching the host's /boot:
+# Fetch Berth's boot chain from Debian into a build folder, never touching the host's /boot:
+# the kernel and its modules, and the systemd-boot EFI loader of the same architecture.
 #   kernel-config/fetch-kernel.sh ARCH OUTDIR [FLAVOUR]
 # ARCH: x86_64 | arm64. FLAVOUR: cloud (default, virtio-only) | generic (bare metal).
-# Result: OUTDIR/vmlinuz, OUTDIR/lib/modules/<version>/..., OUTDIR/version.
+# Result: OUTDIR/vmlinuz, OUTDIR/lib/modules/<version>/..., OUTDIR/version,
+#         OUTDIR/systemd-boot.efi.
 set -euo pipefail
 arch=${1:?arch}; out=${2:?outdir}; flavour=${3:-cloud}
 case "$arch" in
-  x86_64) darch=amd64 ;;
-  arm64) darch=arm64 ;;
+  x86_64) darch=amd64 efi=systemd-bootx64.efi ;;
+  arm64) darch=arm64 efi=systemd-bootaa64.efi ;;
   *) echo "fetch-kernel: unknown arch '$arch' (x86_64 or arm64)" >&2; exit 2 ;;
 esac
 case "$flavour" in
@@ -17,7 +19,7 @@ case "$flavour" in
 esac
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ]; then exit 0; fi
+if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/systemd-boot.efi" ]; then exit 0; fi
 apt_opts=()
 if [ "$darch" != "$(dpkg --print-architecture)" ]; then
   # Private apt state so the host's dpkg configuration stays untouched.
@@ -40,5 +42,9 @@ if [ ! -f "$out/lib/modules/$version/modules.dep" ]; then
   depmod -b "$out" "$version"
 fi
 [ -f "$out/lib/modules/$version/modules.dep" ] || { echo "fetch-kernel: no modules.dep for $version" >&2; exit 1; }
+# systemd-boot of the same architecture (Debian's systemd-boot-efi).
+(cd "$tmp" && apt-get "${apt_opts[@]}" download -qq "systemd-boot-efi:$darch" 2>/dev/null || apt-get "${apt_opts[@]}" download -qq systemd-boot-efi)
+dpkg -x "$tmp"/systemd-boot-efi_*.deb "$tmp/sdboot"
+cp "$tmp/sdboot/usr/lib/systemd/boot/efi/$efi" "$out/systemd-boot.efi"
 echo "$version" > "$out/version"
 echo "fetch-kernel: $pkg -> $out"

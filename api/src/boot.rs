@@ -35,6 +35,10 @@ pub struct BootInfo {
     pub modules_loaded: u32,
     /// Boot phases with their timestamps.
     pub phases: Vec<Phase>,
+    /// Where the machine config in force came from (`persisted`, a datasource, `defaults`).
+    pub config_source: String,
+    /// Why the config in force is the defaults, when it is because of an error.
+    pub config_error: String,
     /// Problems noticed during boot that did not stop it.
     pub warnings: Vec<String>,
 }

@@ -23,6 +23,7 @@ pub struct Status {
     pub version: String,
     pub build_id: String,
     pub slot: String,
+    pub hostname: String,
     pub kernel: String,
     pub uptime_seconds: f64,
     pub boot_count: u64,
@@ -41,6 +42,10 @@ pub struct Status {
     pub sysd_pid: u32,
     /// How often PID 1 has (re)started sysd during this boot.
     pub sysd_starts: u32,
+    /// Where the machine config in force came from.
+    pub config_source: String,
+    /// The config error that made the machine fall back to defaults, if any.
+    pub config_error: String,
     /// Boot phases (name, CLOCK_BOOTTIME seconds).
     pub phases: Vec<(String, f64)>,
     /// Problems noticed during boot.

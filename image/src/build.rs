@@ -252,7 +252,9 @@ pub fn make_initrd(
 ) -> Result<Vec<String>, BuildError> {
     let moddir = opts.kernel_dir.join("lib/modules").join(kver);
     let dep_path = moddir.join("modules.dep");
-    let dep = ModulesDep::parse(&io("reading", &dep_path, fs::read_to_string(&dep_path))?)?;
+    let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
+    let dep = ModulesDep::parse(&io("reading", &dep_path, fs::read_to_string(&dep_path))?)?
+        .with_builtin(&builtin);
     let list_text = io(
         "reading",
         &opts.modules_list,

@@ -22,9 +22,11 @@ pub fn name_of(path: &str) -> String {
     normalize(path.rsplit('/').next().unwrap_or(path))
 }
 
-/// Parsed `modules.dep`: module name -> (path, dependency paths).
+/// Parsed `modules.dep`: module name -> (path, dependency paths), plus the modules built
+/// into the kernel (`modules.builtin`), which need no loading.
 pub struct ModulesDep {
     by_name: HashMap<String, (String, Vec<String>)>,
+    builtin: HashSet<String>,
 }
 
 impl ModulesDep {
@@ -42,7 +44,17 @@ impl ModulesDep {
             let deps = deps.split_whitespace().map(str::to_string).collect();
             by_name.insert(name_of(path), (path.trim().to_string(), deps));
         }
-        Ok(ModulesDep { by_name })
+        Ok(ModulesDep {
+            by_name,
+            builtin: HashSet::new(),
+        })
+    }
+
+    /// Record the modules listed in `modules.builtin` (one path per line): asking for one of
+    /// them is not an error, there is just nothing to load.
+    pub fn with_builtin(mut self, text: &str) -> Self {
+        self.builtin = text.lines().map(name_of).collect();
+        self
     }
 
     /// Load order for `wanted`: every module after all of its dependencies, each once, in the
@@ -62,7 +74,7 @@ impl ModulesDep {
         seen: &mut HashSet<String>,
         order: &mut Vec<String>,
     ) -> Result<(), ModuleError> {
-        if !seen.insert(name.to_string()) {
+        if !seen.insert(name.to_string()) || self.builtin.contains(name) {
             return Ok(());
         }
         let (path, deps) = self
@@ -127,6 +139,15 @@ kernel/drivers/virtio/virtio_ring.ko:
                 assert!(pos < i, "{n} loads before its dependency {dep}");
             }
         }
+    }
+
+    #[test]
+    fn builtin_modules_are_skipped() {
+        let d = ModulesDep::parse(DEP)
+            .unwrap()
+            .with_builtin("kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/ext4/ext4.ko\n");
+        let order = d.resolve(&["virtio_pci".into(), "dm-mod".into()]).unwrap();
+        assert_eq!(order, ["kernel/drivers/md/dm-mod.ko"]);
     }
 
     #[test]

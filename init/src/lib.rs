@@ -14,6 +14,7 @@
 //! what went wrong, and a fatal one ends in a deliberate reboot.
 
 pub mod cmdline;
+pub mod config;
 pub mod console;
 pub mod devices;
 pub mod disk;

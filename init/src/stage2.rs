@@ -1,6 +1,7 @@
 //! Stage 2: PID 1 on the real root. Finishes the mounts, sets up cgroup v2, supervises sysd,
 //! reaps every orphan, and turns signals and the power button into an ordered shutdown.
 
+use crate::config;
 use crate::console;
 use crate::mounts;
 use crate::shutdown;
@@ -59,7 +60,6 @@ pub fn run() -> ! {
         console::warn(&w);
         info.warnings.push(w);
     }
-    let _ = nix::unistd::sethostname("berth");
     for d in ["/var/lib/berth", "/var/log/berth", "/run/berth"] {
         let _ = std::fs::create_dir_all(d);
     }
@@ -79,6 +79,7 @@ pub fn run() -> ! {
         "slot {} boot #{} state: {}",
         info.slot, info.boot_count, info.state_action
     ));
+    apply_config(&mut info);
     save_info(&info);
 
     let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
@@ -91,6 +92,32 @@ pub fn run() -> ! {
     };
     let buttons = power_buttons();
     Supervisor::new(info).run(&sfd, &buttons)
+}
+
+/// Load (first boot: discover, validate, persist) and apply the machine config.
+fn apply_config(info: &mut BootInfo) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let loaded = config::load(Path::new("/var"), &cmdline);
+    if let Some(e) = &loaded.error {
+        for l in e.lines() {
+            console::line(&format!("berth: CONFIG ERROR: {l}"));
+        }
+        info.config_error = e.clone();
+    }
+    info.config_source = loaded.source.clone();
+    let mut problems = config::apply(&loaded.config, Path::new("/proc/sys"), Path::new("/"));
+    if let Err(e) = config::set_hostname(&loaded.config) {
+        problems.push(e);
+    }
+    for p in problems {
+        console::warn(&format!("config: {p}"));
+        info.warnings.push(format!("config: {p}"));
+    }
+    console::info(&format!(
+        "config: {} (hostname {})",
+        loaded.source,
+        loaded.config.host.hostname()
+    ));
 }
 
 fn idle_forever() -> ! {

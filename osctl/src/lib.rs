@@ -95,6 +95,7 @@ pub fn format_status(s: &berth_api::Status) -> String {
     let mut o = String::new();
     let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14} {v}\n"));
     line("os", format!("{} (build {})", s.os, s.build_id));
+    line("hostname", s.hostname.clone());
     line("slot", s.slot.clone());
     line("kernel", s.kernel.clone());
     line("uptime", format!("{:.1} s", s.uptime_seconds));
@@ -131,6 +132,10 @@ pub fn format_status(s: &berth_api::Status) -> String {
             }
         ),
     );
+    line("config", s.config_source.clone());
+    if !s.config_error.is_empty() {
+        line("config error", s.config_error.clone());
+    }
     line("cgroups", s.cgroup_controllers.join(" "));
     line(
         "sysd",

@@ -43,6 +43,12 @@ fn dm_identity(dev: &str) -> (String, String) {
     (read("name"), read("uuid"))
 }
 
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Collect the machine status. `sysd_start` is how often PID 1 has started sysd.
 pub fn collect(sysd_start: u32) -> Status {
     let mut warnings = Vec::new();
@@ -73,6 +79,7 @@ pub fn collect(sysd_start: u32) -> Status {
         version: get(&os, "VERSION_ID").to_string(),
         build_id: get(&os, "BUILD_ID").to_string(),
         slot: boot.slot.clone(),
+        hostname: hostname(),
         kernel: boot.kernel.clone(),
         uptime_seconds: uptime,
         boot_count: boot.boot_count,
@@ -86,6 +93,8 @@ pub fn collect(sysd_start: u32) -> Status {
         cgroup_controllers,
         sysd_pid: std::process::id(),
         sysd_starts: sysd_start,
+        config_source: boot.config_source.clone(),
+        config_error: boot.config_error.clone(),
         phases: boot.phases.iter().map(|p| (p.name.clone(), p.t)).collect(),
         warnings,
     }
