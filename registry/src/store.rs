@@ -757,9 +757,17 @@ impl Store {
                     }
                 }
             }
-            return Err(StoreError::Unpack {
-                digest: d.digest.clone(),
-                source: e,
+            return Err(match e {
+                UnpackError::Io { path, source, .. }
+                    if source.kind() == io::ErrorKind::StorageFull
+                        || source.raw_os_error() == Some(28) =>
+                {
+                    StoreError::DiskFull { path, source }
+                }
+                e => StoreError::Unpack {
+                    digest: d.digest.clone(),
+                    source: e,
+                },
             });
         }
         // Whatever follows the tar end still counts for the digest.

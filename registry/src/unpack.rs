@@ -151,6 +151,7 @@ fn unpack_tar<R: Read>(
         root: dest.to_path_buf(),
         opts: opts.clone(),
         dirs: HashSet::new(),
+        seen: HashSet::new(),
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
         buf: vec![0u8; 256 << 10],
@@ -175,6 +176,8 @@ struct Unpacker {
     opts: UnpackOptions,
     /// Relative paths already known to be real directories (not symlinks).
     dirs: HashSet<PathBuf>,
+    /// Relative paths this unpack created (the layer starts empty, so nothing else exists).
+    seen: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, (i64, i64))>,
     stats: UnpackStats,
     buf: Vec<u8>,
@@ -250,6 +253,9 @@ impl Unpacker {
     /// Remove whatever is at `rel` (unless `keep_dir` and it is a directory).
     /// Returns true when a directory was kept.
     fn clear(&mut self, rel: &Path, keep_dir: bool) -> Result<bool, UnpackError> {
+        if !self.seen.contains(rel) && !self.dirs.contains(rel) {
+            return Ok(false); // never created here: nothing to remove (saves a stat per entry)
+        }
         let full = self.root.join(rel);
         match fs::symlink_metadata(&full) {
             Ok(m) if m.file_type().is_dir() => {
@@ -258,6 +264,7 @@ impl Unpacker {
                 }
                 fs::remove_dir_all(&full).map_err(io_err("remove", &full))?;
                 self.dirs.retain(|d| !d.starts_with(rel));
+                self.seen.retain(|d| !d.starts_with(rel));
             }
             Ok(_) => fs::remove_file(&full).map_err(io_err("remove", &full))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -296,8 +303,9 @@ impl Unpacker {
                 });
             }
             self.ensure_dir(&parent, &name, true)?;
-            let full = self.root.join(&parent).join(OsStr::from_bytes(target));
-            if fs::symlink_metadata(&full).is_ok() {
+            let wrel = parent.join(OsStr::from_bytes(target));
+            let full = self.root.join(&wrel);
+            if self.seen.contains(&wrel) || self.dirs.contains(&wrel) {
                 // The same layer also creates NAME: whiteouts apply to lower layers only.
                 return Ok(());
             }
@@ -309,6 +317,7 @@ impl Unpacker {
                 rustix::fs::makedev(0, 0),
             )
             .map_err(|e| io_err("create whiteout", &full)(e.into()))?;
+            self.seen.insert(wrel);
             self.stats.whiteouts += 1;
             return Ok(());
         }
@@ -344,6 +353,34 @@ impl Unpacker {
                     .open(&full)
                     .map_err(io_err("create", &full))?;
                 self.stats.bytes += copy(e, &mut f, &mut self.buf, &full)?;
+                // Metadata through the open file: no further path lookups.
+                if let Some((u, g)) = self.owner(uid, gid, &name)? {
+                    rustix::fs::fchown(&f, Some(u), Some(g))
+                        .map_err(|e| io_err("change the owner of", &full)(e.into()))?;
+                }
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .map_err(io_err("set the mode of", &full))?;
+                for (k, v) in xattrs.iter().filter(|(k, _)| !is_overlay_xattr(k)) {
+                    let key = OsStr::from_bytes(k);
+                    if let Err(err) = rustix::fs::fsetxattr(&f, key, v, XattrFlags::empty()) {
+                        xattr_failed(err, &name, key, &full)?;
+                    }
+                }
+                let t = rustix::fs::Timespec {
+                    tv_sec: i64::try_from(mtime).unwrap_or(0),
+                    tv_nsec: 0,
+                };
+                rustix::fs::futimens(
+                    &f,
+                    &Timestamps {
+                        last_access: t,
+                        last_modification: t,
+                    },
+                )
+                .map_err(|e| io_err("set the mtime of", &full)(e.into()))?;
+                self.seen.insert(rel);
+                self.stats.entries += 1;
+                return Ok(());
             }
             T::Symlink => {
                 let target = e
@@ -393,6 +430,7 @@ impl Unpacker {
                 }
                 self.clear(&rel, false)?;
                 fs::hard_link(&tfull, &full).map_err(io_err("create hardlink", &full))?;
+                self.seen.insert(rel);
                 // A hardlink shares the target's inode: its metadata is already set.
                 self.stats.entries += 1;
                 return Ok(());
@@ -436,43 +474,18 @@ impl Unpacker {
 
         // Metadata: owner first (chown clears set-id bits), then mode, xattrs, times.
         let is_link = kind == T::Symlink;
-        if self.opts.same_owner {
-            let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
-                return Err(UnpackError::Unsafe {
-                    entry: name,
-                    reason: "uid or gid out of range",
-                });
-            };
-            if uid == u32::MAX || gid == u32::MAX {
-                return Err(UnpackError::Unsafe {
-                    entry: name,
-                    reason: "uid or gid out of range",
-                });
-            }
-            rustix::fs::chownat(
-                CWD,
-                &full,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_err("change the owner of", &full)(e.into()))?;
+        if let Some((u, g)) = self.owner(uid, gid, &name)? {
+            rustix::fs::chownat(CWD, &full, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| io_err("change the owner of", &full)(e.into()))?;
         }
         if !is_link {
             fs::set_permissions(&full, fs::Permissions::from_mode(mode))
                 .map_err(io_err("set the mode of", &full))?;
         }
-        for (k, v) in xattrs {
-            if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
-                continue;
-            }
-            let key = OsStr::from_bytes(&k);
-            if let Err(err) = rustix::fs::lsetxattr(&full, key, &v, XattrFlags::empty()) {
-                if err == rustix::io::Errno::PERM || err == rustix::io::Errno::NOTSUP {
-                    tracing::warn!(entry = %name, xattr = %key.to_string_lossy(), "xattr not applied: {err}");
-                } else {
-                    return Err(io_err("set an xattr on", &full)(err.into()));
-                }
+        for (k, v) in xattrs.iter().filter(|(k, _)| !is_overlay_xattr(k)) {
+            let key = OsStr::from_bytes(k);
+            if let Err(err) = rustix::fs::lsetxattr(&full, key, v, XattrFlags::empty()) {
+                xattr_failed(err, &name, key, &full)?;
             }
         }
         let ts = (i64::try_from(mtime).unwrap_or(0), 0);
@@ -481,8 +494,51 @@ impl Unpacker {
         } else {
             set_times(&full, ts).map_err(io_err("set the mtime of", &full))?;
         }
+        self.seen.insert(rel);
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// The owner to apply, when applying owners; ids that cannot be represented fail.
+    fn owner(
+        &self,
+        uid: u64,
+        gid: u64,
+        name: &str,
+    ) -> Result<Option<(rustix::fs::Uid, rustix::fs::Gid)>, UnpackError> {
+        if !self.opts.same_owner {
+            return Ok(None);
+        }
+        match (u32::try_from(uid), u32::try_from(gid)) {
+            (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => Ok(Some((
+                rustix::fs::Uid::from_raw(u),
+                rustix::fs::Gid::from_raw(g),
+            ))),
+            _ => Err(UnpackError::Unsafe {
+                entry: name.to_string(),
+                reason: "uid or gid out of range",
+            }),
+        }
+    }
+}
+
+/// overlayfs' own xattrs: a layer must never set them (fake opaque dirs, redirects).
+fn is_overlay_xattr(k: &[u8]) -> bool {
+    k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.")
+}
+
+/// Unsupported or forbidden xattrs are skipped with a warning; other failures are errors.
+fn xattr_failed(
+    err: rustix::io::Errno,
+    name: &str,
+    key: &OsStr,
+    full: &Path,
+) -> Result<(), UnpackError> {
+    if err == rustix::io::Errno::PERM || err == rustix::io::Errno::NOTSUP {
+        tracing::warn!(entry = %name, xattr = %key.to_string_lossy(), "xattr not applied: {err}");
+        Ok(())
+    } else {
+        Err(io_err("set an xattr on", full)(err.into()))
     }
 }
 
