@@ -108,6 +108,10 @@ pub fn entry_for<'a>(net: &'a Network, link: &Link) -> Option<std::borrow::Cow<'
 /// Applies `[network]`: loopback up; every configured interface up with its MTU, static
 /// addresses and routes; a DHCP client on each `dhcp` interface. Interfaces the config does
 /// not mention are left alone. Returns the DHCP clients (keep the value alive).
+///
+/// An interface named exactly in the config but absent on the machine is an error found
+/// before anything is changed, so the caller can fall back to the safe defaults (or revert
+/// a config on trial). Links are listed once: call it after the NIC drivers are loaded.
 pub async fn apply(nl: &Netlink, net: &Network, opts: &DhcpOptions) -> Result<Applied, NetError> {
     let links = nl.links().await?;
     for (index, i) in net.interfaces.iter().enumerate() {
