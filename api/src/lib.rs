@@ -12,7 +12,10 @@ pub mod mountinfo;
 
 pub use boot::{BootInfo, Phase};
 #[cfg(feature = "dbus")]
-pub use manager::{ManagerError, ManagerProxy, MountStatus, Status};
+pub use manager::{
+    ContainerInfo, ContainerStats, ExecReply, ImageInfo, LogChunk, ManagerError, ManagerProxy,
+    MountStatus, RunRequest, Status,
+};
 
 /// Well-known bus name of the manager (used as the destination on a bus; ignored peer-to-peer).
 pub const BUS_NAME: &str = "org.berth";

@@ -50,6 +50,100 @@ pub struct Status {
     pub phases: Vec<(String, f64)>,
     /// Problems noticed during boot.
     pub warnings: Vec<String>,
+    /// The disk the machine booted from (`/dev/vda`, `/dev/nvme0n1`, `/dev/sda`).
+    pub boot_disk: String,
+    /// One line per network interface: `NAME STATE ADDR/PREFIX...`.
+    pub network: Vec<String>,
+    /// `via GATEWAY dev IFACE`, or empty when there is none.
+    pub default_route: String,
+    /// Services required for a healthy boot and their health (`name`, `healthy|...`).
+    pub required_services: Vec<(String, String)>,
+    /// Every required service is healthy.
+    pub healthy: bool,
+}
+
+/// One container, as `osctl ps` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct ContainerInfo {
+    pub name: String,
+    /// `system` (shipped service) or `workload` (config or `osctl run`).
+    pub kind: String,
+    pub image: String,
+    /// `starting`, `running`, `restarting`, `exited`, `failed`, `crash-loop`, `stopped`.
+    pub state: String,
+    /// Host pid of the container's init, 0 when not running.
+    pub pid: i32,
+    /// Restarts since sysd started managing it.
+    pub restarts: u32,
+    /// Exit status of the last run (`128+N` for signal N), -1 when it has not exited.
+    pub exit_code: i32,
+    /// `healthy`, `unhealthy`, `starting`, or `none` (no health check).
+    pub health: String,
+    /// Required for a healthy boot.
+    pub required: bool,
+    /// Seconds since the current run started (0 when not running).
+    pub uptime_seconds: f64,
+    /// Why it is in this state (last error, crash-loop back-off), empty when fine.
+    pub message: String,
+}
+
+/// Resource usage of one container (cgroup v2 counters).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct ContainerStats {
+    pub name: String,
+    pub memory_bytes: u64,
+    /// `memory.max`, 0 when unlimited.
+    pub memory_max: u64,
+    pub cpu_usec: u64,
+    pub pids: u64,
+    /// `pids.max`, 0 when unlimited.
+    pub pids_max: u64,
+}
+
+/// An image in the node's store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct ImageInfo {
+    pub name: String,
+    pub digest: String,
+    /// Bytes of the stored blobs (compressed layers + config + manifest).
+    pub size: u64,
+    /// Used by a container.
+    pub in_use: bool,
+}
+
+/// `osctl run`: a workload that sysd keeps (and restarts across reboots) until `rm`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct RunRequest {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's command when not empty.
+    pub command: Vec<String>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Memory limit (`256M`), empty for none.
+    pub memory: String,
+    /// CPU limit (`0.5`), empty for none.
+    pub cpus: String,
+    /// `NAME:/target` persistent volumes under /var/lib/berth/volumes.
+    pub volumes: Vec<String>,
+    /// `always`, `on-failure` or `never` (default `always`).
+    pub restart: String,
+}
+
+/// Output of a command run with `exec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct ExecReply {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A piece of a container log and where the next read starts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct LogChunk {
+    pub data: Vec<u8>,
+    /// Pass back to `LogsFrom` to continue after this chunk.
+    pub next: u64,
 }
 
 /// Errors returned by the manager, as typed D-Bus errors `org.berth.Manager1.Error.*`.
@@ -82,4 +176,41 @@ pub trait Manager {
     fn power_off(&self) -> Result<(), ManagerError>;
     /// Kill the supervisor with SIGKILL (a recovery drill: PID 1 must restart it).
     fn kill_supervisor(&self) -> Result<(), ManagerError>;
+    /// Every container sysd manages.
+    fn ps(&self) -> Result<Vec<ContainerInfo>, ManagerError>;
+    /// Start a stopped container.
+    fn start(&self, name: &str) -> Result<(), ManagerError>;
+    /// Stop a container (SIGTERM, then SIGKILL after its timeout); it stays stopped.
+    fn stop(&self, name: &str) -> Result<(), ManagerError>;
+    /// Stop and start a container.
+    fn restart(&self, name: &str) -> Result<(), ManagerError>;
+    /// The last `tail` lines of a container's log (0 = all that is kept).
+    fn logs(&self, name: &str, tail: u32) -> Result<LogChunk, ManagerError>;
+    /// Log data written after position `from` (from a previous chunk's `next`).
+    fn logs_from(&self, name: &str, from: u64) -> Result<LogChunk, ManagerError>;
+    /// Pull (if needed) and run a workload; returns its name.
+    fn run(&self, request: &RunRequest) -> Result<String, ManagerError>;
+    /// Remove a workload (stopping it first when `force`).
+    fn remove(&self, name: &str, force: bool) -> Result<(), ManagerError>;
+    /// Run a command in a running container and return its output.
+    fn exec(&self, name: &str, command: &[String], stdin: &[u8])
+        -> Result<ExecReply, ManagerError>;
+    /// Resource usage of every running container.
+    fn stats(&self) -> Result<Vec<ContainerStats>, ManagerError>;
+    /// Images in the store.
+    fn images(&self) -> Result<Vec<ImageInfo>, ManagerError>;
+    /// Pull an image into the store; progress arrives as `PullProgress` signals.
+    fn pull(&self, reference: &str) -> Result<ImageInfo, ManagerError>;
+    /// Remove an image that no container uses, and garbage-collect its blobs.
+    fn remove_image(&self, name: &str) -> Result<(), ManagerError>;
+    /// Progress of a running pull: bytes done and total, layers done and total.
+    #[zbus(signal)]
+    fn pull_progress(
+        &self,
+        reference: &str,
+        done: u64,
+        total: u64,
+        layers_done: u32,
+        layers: u32,
+    ) -> zbus::Result<()>;
 }

@@ -4,8 +4,10 @@
 //! the machine itself, or the QEMU virtio-serial socket (`qemu/run.sh` writes
 //! `STATE_DIR/osctl.sock`) from a VM's host.
 
-use berth_api::ManagerProxy;
+use berth_api::{ContainerInfo, ContainerStats, ImageInfo, ManagerProxy};
 use std::time::Duration;
+
+pub mod progress;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +134,35 @@ pub fn format_status(s: &berth_api::Status) -> String {
             }
         ),
     );
+    if !s.boot_disk.is_empty() {
+        line("boot disk", s.boot_disk.clone());
+    }
+    for n in &s.network {
+        line("network", n.clone());
+    }
+    line(
+        "default route",
+        if s.default_route.is_empty() {
+            "none".into()
+        } else {
+            s.default_route.clone()
+        },
+    );
+    if !s.required_services.is_empty() {
+        let v: Vec<String> = s
+            .required_services
+            .iter()
+            .map(|(n, h)| format!("{n} {h}"))
+            .collect();
+        line(
+            "health",
+            format!(
+                "{} ({})",
+                if s.healthy { "healthy" } else { "not healthy" },
+                v.join(", ")
+            ),
+        );
+    }
     line("config", s.config_source.clone());
     if !s.config_error.is_empty() {
         line("config error", s.config_error.clone());
@@ -151,6 +182,140 @@ pub fn format_status(s: &berth_api::Status) -> String {
         line("warning", w.clone());
     }
     o
+}
+
+/// A table with a header row; columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut o = String::new();
+    let mut put = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        o.push_str(l.trim_end());
+        o.push('\n');
+    };
+    put(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        put(r.clone());
+    }
+    o
+}
+
+fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `osctl ps`.
+pub fn format_ps(v: &[ContainerInfo]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.kind.clone(),
+                c.image.clone(),
+                c.state.clone(),
+                c.health.clone(),
+                c.restarts.to_string(),
+                if c.pid > 0 {
+                    c.pid.to_string()
+                } else {
+                    "-".into()
+                },
+                if c.uptime_seconds > 0.0 {
+                    human_secs(c.uptime_seconds)
+                } else {
+                    "-".into()
+                },
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "KIND", "IMAGE", "STATE", "HEALTH", "RESTARTS", "PID", "UP", "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+/// `osctl stats`.
+pub fn format_stats(v: &[ContainerStats]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                human_bytes(s.memory_bytes),
+                if s.memory_max > 0 {
+                    human_bytes(s.memory_max)
+                } else {
+                    "-".into()
+                },
+                format!("{:.2}s", s.cpu_usec as f64 / 1e6),
+                s.pids.to_string(),
+                if s.pids_max > 0 {
+                    s.pids_max.to_string()
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MEMORY", "MEM LIMIT", "CPU", "PIDS", "PID LIMIT"],
+        &rows,
+    )
+}
+
+/// `osctl images`.
+pub fn format_images(v: &[ImageInfo]) -> String {
+    let rows: Vec<Vec<String>> = v
+        .iter()
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                short(i.digest.trim_start_matches("sha256:")).to_string(),
+                human_bytes(i.size),
+                if i.in_use { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    table(&["IMAGE", "DIGEST", "SIZE", "IN USE"], &rows)
 }
 
 fn short(h: &str) -> &str {
@@ -196,5 +361,41 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("warning        disk on fire"), "{t}");
+    }
+
+    #[test]
+    fn ps_table_aligns_columns() {
+        let v = vec![
+            ContainerInfo {
+                name: "admin".into(),
+                kind: "system".into(),
+                image: "admin".into(),
+                state: "running".into(),
+                health: "none".into(),
+                pid: 42,
+                uptime_seconds: 75.0,
+                ..Default::default()
+            },
+            ContainerInfo {
+                name: "web-server".into(),
+                kind: "workload".into(),
+                image: "10.0.2.100:5000/web:1".into(),
+                state: "crash-loop".into(),
+                health: "none".into(),
+                restarts: 4,
+                message: "exited 4 times".into(),
+                ..Default::default()
+            },
+        ];
+        let t = format_ps(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME        KIND"), "{t}");
+        assert!(
+            lines[1].contains("running") && lines[1].contains("1m15s"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("exited 4 times"), "{t}");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 }

@@ -1,13 +1,23 @@
 //! `osctl`: manage a Berth machine over its D-Bus API.
 
 use berth_osctl::{connect, format_status, Address};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Manage a Berth machine: status, power, and (as they land) containers, images, config and
-/// updates. On the machine it talks to /run/berth/osctl.sock; from a VM's host point
-/// --connect at the socket qemu/run.sh created (STATE_DIR/osctl.sock).
+/// Manage a Berth machine: status, containers, logs, images, power. On the machine it
+/// talks to /run/berth/osctl.sock; from a VM's host point --connect at the socket
+/// qemu/run.sh created (STATE_DIR/osctl.sock).
+///
+/// Examples:
+///   osctl --connect unix:path=build/x86_64/run/osctl.sock status
+///   osctl ps
+///   osctl run 10.0.2.100:5000/apps/web:1 --name web --memory 128M -- /bin/web --port 8080
+///   osctl logs -f web
+///   osctl exec admin -- sh -c 'ip addr; df -h'
+///
+/// Exit status: 0 ok, 1 the machine refused or failed the request, 2 usage error,
+/// 3 machine unreachable; `exec` exits with the command's status.
 #[derive(Parser)]
 #[command(name = "osctl", version)]
 struct Cli {
@@ -37,8 +47,79 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// OS version, slot, root and state filesystems, cgroups, supervisor, boot phases.
+    /// OS version, slot, network, health of required services, config errors, boot phases.
     Status,
+    /// List containers: system services and workloads, with state, health and restarts.
+    Ps,
+    /// Start a stopped container.
+    Start { name: String },
+    /// Stop a container (SIGTERM, then SIGKILL after 10 s). It stays stopped until started.
+    Stop { name: String },
+    /// Stop and start a container.
+    Restart { name: String },
+    /// Show a container's output (kept under /var/log/berth, rotated).
+    Logs {
+        name: String,
+        /// Keep printing new output until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        tail: u32,
+    },
+    /// Run a workload from IMAGE (a registry reference such as 10.0.2.100:5000/web:1, or
+    /// a shipped image name). It is kept, and restarted after reboots, until `osctl rm`.
+    Run {
+        image: String,
+        /// Container name (default: from the image name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long, short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Memory limit, e.g. 256M.
+        #[arg(long)]
+        memory: Option<String>,
+        /// CPU limit in CPUs, e.g. 0.5.
+        #[arg(long)]
+        cpus: Option<String>,
+        /// Persistent volume NAME:/path (repeatable); data under /var/lib/berth/volumes/NAME.
+        #[arg(long, short = 'v', value_name = "NAME:/PATH")]
+        volume: Vec<String>,
+        /// Restart policy: always, on-failure or never.
+        #[arg(long, default_value = "always")]
+        restart: String,
+        /// Command replacing the image's entrypoint and cmd.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Remove a workload started with `osctl run`.
+    Rm {
+        name: String,
+        /// Stop it first if it is running.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Run a command in a running container and print its output; exits with its status.
+    Exec {
+        name: String,
+        /// Send this program's standard input to the command.
+        #[arg(long, short)]
+        interactive: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Memory, CPU and process counts per running container.
+    Stats,
+    /// Images in the machine's store.
+    Images,
+    /// Pull an image into the machine's store, with progress.
+    Pull { image: String },
+    /// Remove an image no container uses.
+    Rmi { image: String },
+    /// Print shell completions (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
     /// Ordered reboot: stop all containers, unmount, reboot.
     Reboot,
     /// Ordered power-off.
@@ -76,6 +157,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if let Cmd::Completions { shell } = cli.cmd {
+        clap_complete::generate(shell, &mut Cli::command(), "osctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let addr = match Address::parse(&cli.connect) {
         Ok(a) => a,
         Err(e) => {
@@ -104,6 +189,107 @@ async fn run(cli: Cli) -> ExitCode {
             .kill_supervisor()
             .await
             .map(|_| done(cli.output, "sysd will be killed; PID 1 restarts it")),
+        Cmd::Ps => m.ps().await.map(|v| match cli.output {
+            Output::Json => json(&v),
+            Output::Text => print!("{}", berth_osctl::format_ps(&v)),
+        }),
+        Cmd::Start { name } => m
+            .start(&name)
+            .await
+            .map(|_| done(cli.output, &format!("{name} started"))),
+        Cmd::Stop { name } => m
+            .stop(&name)
+            .await
+            .map(|_| done(cli.output, &format!("{name} stopped"))),
+        Cmd::Restart { name } => m
+            .restart(&name)
+            .await
+            .map(|_| done(cli.output, &format!("{name} restarted"))),
+        Cmd::Logs { name, follow, tail } => logs(&m, &name, follow, tail, cli.output).await,
+        Cmd::Run {
+            image,
+            name,
+            env,
+            memory,
+            cpus,
+            volume,
+            restart,
+            command,
+        } => {
+            let req = berth_api::RunRequest {
+                name: name.unwrap_or_default(),
+                image: image.clone(),
+                command,
+                env,
+                memory: memory.unwrap_or_default(),
+                cpus: cpus.unwrap_or_default(),
+                volumes: volume,
+                restart,
+            };
+            let bar =
+                berth_osctl::progress::watch(&m, &image, matches!(cli.output, Output::Text)).await;
+            let r = m.run(&req).await;
+            bar.finish();
+            r.map(|n| done(cli.output, &n))
+        }
+        Cmd::Rm { name, force } => m
+            .remove(&name, force)
+            .await
+            .map(|_| done(cli.output, &format!("{name} removed"))),
+        Cmd::Exec {
+            name,
+            interactive,
+            command,
+        } => {
+            let mut input = Vec::new();
+            if interactive {
+                use std::io::Read;
+                if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+                    eprintln!("osctl: reading standard input: {e}");
+                    return ExitCode::from(Exit::Failed as u8);
+                }
+            }
+            match m.exec(&name, &command, &input).await {
+                Ok(r) => {
+                    if let Output::Json = cli.output {
+                        json(&serde_json::json!({
+                            "exit_code": r.exit_code,
+                            "stdout": String::from_utf8_lossy(&r.stdout),
+                            "stderr": String::from_utf8_lossy(&r.stderr),
+                        }));
+                    } else {
+                        use std::io::Write;
+                        let _ = std::io::stdout().write_all(&r.stdout);
+                        let _ = std::io::stderr().write_all(&r.stderr);
+                    }
+                    return ExitCode::from(r.exit_code.clamp(0, 255) as u8);
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Cmd::Stats => m.stats().await.map(|v| match cli.output {
+            Output::Json => json(&v),
+            Output::Text => print!("{}", berth_osctl::format_stats(&v)),
+        }),
+        Cmd::Images => m.images().await.map(|v| match cli.output {
+            Output::Json => json(&v),
+            Output::Text => print!("{}", berth_osctl::format_images(&v)),
+        }),
+        Cmd::Pull { image } => {
+            let bar =
+                berth_osctl::progress::watch(&m, &image, matches!(cli.output, Output::Text)).await;
+            let r = m.pull(&image).await;
+            bar.finish();
+            r.map(|i| match cli.output {
+                Output::Json => json(&i),
+                Output::Text => println!("{} {}", i.name, i.digest),
+            })
+        }
+        Cmd::Rmi { image } => m
+            .remove_image(&image)
+            .await
+            .map(|_| done(cli.output, &format!("{image} removed"))),
+        Cmd::Completions { .. } => Ok(()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,6 +297,42 @@ async fn run(cli: Cli) -> ExitCode {
             eprintln!("osctl: {e}");
             ExitCode::from(Exit::Failed as u8)
         }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn logs(
+    m: &berth_api::ManagerProxy<'_>,
+    name: &str,
+    follow: bool,
+    tail: u32,
+    out: Output,
+) -> Result<(), berth_api::ManagerError> {
+    use std::io::Write;
+    let mut chunk = m.logs(name, tail).await?;
+    loop {
+        match out {
+            Output::Json => {
+                for line in String::from_utf8_lossy(&chunk.data).lines() {
+                    println!("{}", serde_json::json!({ "container": name, "line": line }));
+                }
+            }
+            Output::Text => {
+                let mut o = std::io::stdout();
+                let _ = o.write_all(&chunk.data);
+                let _ = o.flush();
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        if chunk.data.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        chunk = m.logs_from(name, chunk.next).await?;
     }
 }
 

@@ -497,6 +497,40 @@ impl Store {
         })
     }
 
+    /// The image `name` with every layer unpacked, unpacking from the stored blobs (each
+    /// verified again while it is read) what is not unpacked yet. Used for images that
+    /// arrived by [`Store::import_layout`], e.g. the system images shipped with the OS.
+    pub fn unpack_image(
+        &self,
+        name: &str,
+        platform: &Platform,
+        uo: &UnpackOptions,
+    ) -> Result<Image, StoreError> {
+        let _l = self.lock_shared()?;
+        let mut image = self.image(name, platform)?;
+        for d in &image.manifest.layers {
+            let Some(c) = Compression::from_media_type(&d.media_type) else {
+                continue;
+            };
+            if self.layer_dir(&d.digest).is_dir() {
+                continue;
+            }
+            let p = self.blob_path(&d.digest);
+            let f = File::open(&p).map_err(io_err("open", &p))?;
+            let mut src =
+                HashingReader::new(io::BufReader::with_capacity(1 << 20, f), d.digest.clone());
+            self.unpack_to_store(&mut src, d, c, uo, None)?;
+        }
+        image.layers = image
+            .manifest
+            .layers
+            .iter()
+            .map(|l| self.layer_dir(&l.digest))
+            .filter(|p| p.is_dir())
+            .collect();
+        Ok(image)
+    }
+
     // ----- pull -----
 
     /// Pull `r` (manifest, config, layers; layers unpacked in the same pass when

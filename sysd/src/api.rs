@@ -1,23 +1,168 @@
 //! The `org.berth.Manager1` server: a thin adapter from D-Bus calls to sysd's own actions,
 //! served peer-to-peer, one connection per client.
 
-use berth_api::{ManagerError, Status};
+use berth_api::{
+    ContainerInfo, ContainerStats, ExecReply, ImageInfo, LogChunk, ManagerError, RunRequest, Status,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::Path;
+use std::time::Duration;
 use tokio::net::UnixListener;
+use zbus::object_server::SignalEmitter;
 
 /// The object served at `/org/berth/Manager`.
+#[derive(Clone)]
 pub struct Manager {
     /// How often PID 1 has started sysd during this boot (from `BERTH_SYSD_START`).
     pub sysd_start: u32,
+    /// The container manager; `None` in tests of the bare API.
+    pub containers: Option<crate::containers::Manager>,
+}
+
+impl Manager {
+    fn containers(&self) -> Result<&crate::containers::Manager, ManagerError> {
+        self.containers
+            .as_ref()
+            .ok_or_else(|| ManagerError::Failed("containers are not managed here".into()))
+    }
+}
+
+/// A progress callback that turns pull progress into `PullProgress` signals (at most
+/// five a second, plus the last one).
+fn pull_signals(emitter: &SignalEmitter<'_>, reference: &str) -> berth_registry::Progress {
+    use berth_registry::ProgressEvent;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressEvent>();
+    let emitter = emitter.to_owned();
+    let reference = reference.to_string();
+    tokio::spawn(async move {
+        let (mut done, mut total, mut layers_done, mut layers) = (0u64, 0u64, 0u32, 0u32);
+        let mut last = std::time::Instant::now() - Duration::from_secs(1);
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                ProgressEvent::Resolved {
+                    layers: l,
+                    total_bytes,
+                    ..
+                } => {
+                    layers = l as u32;
+                    total = total_bytes;
+                }
+                ProgressEvent::Bytes { n, .. } => done += n,
+                ProgressEvent::BlobDone { .. } => {
+                    layers_done = (layers_done + 1).min(layers.max(1))
+                }
+                ProgressEvent::BlobStart { .. } => {}
+            }
+            if last.elapsed() >= Duration::from_millis(200) || rx.is_empty() {
+                last = std::time::Instant::now();
+                let _ =
+                    Manager::pull_progress(&emitter, &reference, done, total, layers_done, layers)
+                        .await;
+            }
+        }
+    });
+    std::sync::Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })
 }
 
 #[zbus::interface(name = "org.berth.Manager1")]
 impl Manager {
     async fn status(&self) -> Result<Status, ManagerError> {
-        Ok(crate::status::collect(self.sysd_start))
+        let mut s = crate::status::collect(self.sysd_start);
+        let (network, route) = crate::node::network_status().await;
+        s.network = network;
+        s.default_route = route;
+        if let Some(c) = &self.containers {
+            let (req, healthy) = c.required_health();
+            s.required_services = req;
+            s.healthy = healthy;
+        }
+        Ok(s)
     }
+
+    async fn ps(&self) -> Result<Vec<ContainerInfo>, ManagerError> {
+        Ok(self.containers()?.ps())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), ManagerError> {
+        Ok(self.containers()?.start(name).await?)
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), ManagerError> {
+        Ok(self.containers()?.stop(name).await?)
+    }
+
+    async fn restart(&self, name: &str) -> Result<(), ManagerError> {
+        Ok(self.containers()?.restart(name).await?)
+    }
+
+    async fn logs(&self, name: &str, tail: u32) -> Result<LogChunk, ManagerError> {
+        let (data, next) = self.containers()?.logs(name, tail)?;
+        Ok(LogChunk { data, next })
+    }
+
+    async fn logs_from(&self, name: &str, from: u64) -> Result<LogChunk, ManagerError> {
+        let (data, next) = self.containers()?.logs_from(name, from)?;
+        Ok(LogChunk { data, next })
+    }
+
+    async fn run(
+        &self,
+        request: RunRequest,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<String, ManagerError> {
+        let progress = pull_signals(&emitter, &request.image);
+        Ok(self.containers()?.run(&request, progress).await?)
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<(), ManagerError> {
+        Ok(self.containers()?.remove(name, force).await?)
+    }
+
+    async fn exec(
+        &self,
+        name: &str,
+        command: Vec<String>,
+        stdin: Vec<u8>,
+    ) -> Result<ExecReply, ManagerError> {
+        Ok(self
+            .containers()?
+            .exec(name, command, stdin, Duration::from_secs(300))
+            .await?)
+    }
+
+    async fn stats(&self) -> Result<Vec<ContainerStats>, ManagerError> {
+        Ok(self.containers()?.stats())
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, ManagerError> {
+        Ok(self.containers()?.images()?)
+    }
+
+    async fn pull(
+        &self,
+        reference: &str,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<ImageInfo, ManagerError> {
+        let progress = pull_signals(&emitter, reference);
+        Ok(self.containers()?.pull(reference, progress).await?)
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), ManagerError> {
+        Ok(self.containers()?.remove_image(name)?)
+    }
+
+    #[zbus(signal)]
+    async fn pull_progress(
+        emitter: &SignalEmitter<'_>,
+        reference: &str,
+        done: u64,
+        total: u64,
+        layers_done: u32,
+        layers: u32,
+    ) -> zbus::Result<()>;
 
     async fn reboot(&self) -> Result<(), ManagerError> {
         tracing::info!("reboot requested over the API");
@@ -76,12 +221,15 @@ pub fn listen(path: &Path) -> Result<UnixListener, ApiError> {
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serve one peer-to-peer D-Bus connection until the peer goes away.
-pub async fn serve_connection(stream: tokio::net::UnixStream, sysd_start: u32) -> zbus::Result<()> {
+pub async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    manager: Manager,
+) -> zbus::Result<()> {
     use futures_util::StreamExt;
     let build = zbus::connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())?
         .p2p()
-        .serve_at(berth_api::OBJECT_PATH, Manager { sysd_start })?
+        .serve_at(berth_api::OBJECT_PATH, manager)?
         .build();
     // A peer that connects and never authenticates must not hold a descriptor forever.
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, build)
@@ -93,12 +241,13 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, sysd_start: u32) -
 }
 
 /// Accept connections forever.
-pub async fn serve(listener: UnixListener, sysd_start: u32) {
+pub async fn serve(listener: UnixListener, manager: Manager) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
+                let m = manager.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(s, sysd_start).await {
+                    if let Err(e) = serve_connection(s, m).await {
                         tracing::debug!("API connection ended: {e}");
                     }
                 });

@@ -1,13 +1,16 @@
 //! sysd: Berth's supervisor.
 //!
-//! Started and supervised by PID 1. It serves the `org.berth.Manager1` D-Bus API
-//! peer-to-peer on `/run/berth/osctl.sock`, bridges the virtio-serial port
-//! `org.berth.osctl` to that socket so `osctl` on a VM's host can drive the machine, and
-//! tells PID 1 when the machine is ready. Containers (system services and workloads) are
-//! added on top of this by the runtime integration.
+//! Started and supervised by PID 1. It brings up the network from the config
+//! ([`node`]), runs every system service and workload as a container through the
+//! integrated runtime ([`containers`]), serves the `org.berth.Manager1` D-Bus API
+//! peer-to-peer on `/run/berth/osctl.sock` ([`api`]), bridges the virtio-serial port
+//! `org.berth.osctl` to that socket so `osctl` on a VM's host can drive the machine
+//! ([`bridge`]), and tells PID 1 when the machine is ready.
 
 pub mod api;
 pub mod bridge;
+pub mod containers;
+pub mod node;
 pub mod status;
 mod sys;
 

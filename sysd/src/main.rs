@@ -3,6 +3,8 @@
 use std::path::Path;
 
 fn main() -> std::process::ExitCode {
+    // A container init started by the runtime (re-exec of this binary) never returns.
+    berth_runtime::maybe_run_init();
     // Before anything opens a file: take the readiness fd PID 1 gave us.
     let ready = berth_sysd::ReadyFd::from_env();
     tracing_subscriber::fmt()
@@ -36,9 +38,31 @@ fn main() -> std::process::ExitCode {
 async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
+    let (config, config_problem) = berth_sysd::node::load_config(Path::new("/var"));
+    if let Some(p) = &config_problem {
+        tracing::error!("config: {p}");
+    }
+    tokio::spawn(berth_sysd::node::run_network(config.clone()));
+    let paths = berth_sysd::containers::Paths::node();
+    let containers = match berth_sysd::containers::Manager::new(
+        paths.clone(),
+        berth_sysd::node::registry_client(&config),
+    ) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!("containers cannot run: {e}");
+            None
+        }
+    };
     let socket = Path::new(berth_api::SOCKET_PATH);
     let listener = berth_sysd::api::listen(socket)?;
-    tokio::spawn(berth_sysd::api::serve(listener, start));
+    tokio::spawn(berth_sysd::api::serve(
+        listener,
+        berth_sysd::api::Manager {
+            sysd_start: start,
+            containers: containers.clone(),
+        },
+    ));
 
     if let Some(port) = berth_sysd::bridge::find_port(
         Path::new("/sys/class/virtio-ports"),
@@ -61,7 +85,24 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             tracing::warn!("cannot notify PID 1 of readiness: {e}");
         }
     }
+    if let Some(m) = &containers {
+        use berth_sysd::containers::{load_services, Kind};
+        let (system, mut problems) = load_services(&paths.services);
+        let (saved, p2) = m.saved_workloads();
+        problems.extend(p2);
+        let mut specs: Vec<_> = system.into_iter().map(|s| (s, Kind::System)).collect();
+        specs.extend(config.containers.iter().cloned().map(|s| (s, Kind::Config)));
+        specs.extend(saved.into_iter().map(|s| (s, Kind::Run)));
+        problems.extend(m.launch(specs));
+        for p in problems {
+            tracing::error!("containers: {p}");
+        }
+    }
     term.recv().await;
-    tracing::info!("sysd stopping (SIGTERM)");
+    tracing::info!("sysd stopping (SIGTERM): stopping containers");
+    if let Some(m) = &containers {
+        m.shutdown().await;
+    }
+    tracing::info!("sysd stopped");
     Ok(())
 }

@@ -43,6 +43,22 @@ fn dm_identity(dev: &str) -> (String, String) {
     (read("name"), read("uuid"))
 }
 
+/// The whole disk a partition (`/dev/vda2`, `/dev/nvme0n1p2`) belongs to, from sysfs:
+/// `/sys/class/block/<part>` links into its disk's directory.
+pub fn disk_of(sys_block: &Path, partition: &str) -> String {
+    let Some(name) = Path::new(partition).file_name() else {
+        return String::new();
+    };
+    std::fs::canonicalize(sys_block.join(name))
+        .ok()
+        .and_then(|p| {
+            p.parent()?
+                .file_name()
+                .map(|d| format!("/dev/{}", d.to_string_lossy()))
+        })
+        .unwrap_or_default()
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -97,6 +113,8 @@ pub fn collect(sysd_start: u32) -> Status {
         config_error: boot.config_error.clone(),
         phases: boot.phases.iter().map(|p| (p.name.clone(), p.t)).collect(),
         warnings,
+        boot_disk: disk_of(Path::new("/sys/class/block"), &boot.root_partition),
+        ..Default::default()
     }
 }
 
@@ -110,5 +128,17 @@ mod tests {
         assert_eq!(get(&kv, "PRETTY_NAME"), "Berth 0.1.0");
         assert_eq!(get(&kv, "BUILD_ID"), "abc");
         assert_eq!(get(&kv, "MISSING"), "");
+    }
+
+    #[test]
+    fn disk_of_a_partition() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("devices/pci0/nvme/nvme0n1");
+        std::fs::create_dir_all(dev.join("nvme0n1p2")).unwrap();
+        let cls = d.path().join("class");
+        std::fs::create_dir_all(&cls).unwrap();
+        std::os::unix::fs::symlink(dev.join("nvme0n1p2"), cls.join("nvme0n1p2")).unwrap();
+        assert_eq!(disk_of(&cls, "/dev/nvme0n1p2"), "/dev/nvme0n1");
+        assert_eq!(disk_of(&cls, "/dev/missing1"), "");
     }
 }

@@ -25,3 +25,10 @@ impl ReadyFd {
         self.0.write_all(b"READY\n")
     }
 }
+
+/// A pidfd for `pid` (readable once the process has exited).
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let p = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(Into::into)
+}

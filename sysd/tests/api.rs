@@ -5,7 +5,13 @@ use berth_api::ManagerProxy;
 #[tokio::test]
 async fn status_over_a_socket_pair() {
     let (server_end, client_end) = tokio::net::UnixStream::pair().unwrap();
-    let server = tokio::spawn(berth_sysd::api::serve_connection(server_end, 7));
+    let server = tokio::spawn(berth_sysd::api::serve_connection(
+        server_end,
+        berth_sysd::api::Manager {
+            sysd_start: 7,
+            containers: None,
+        },
+    ));
     let conn = zbus::connection::Builder::unix_stream(client_end)
         .p2p()
         .build()
@@ -36,7 +42,13 @@ async fn status_over_a_socket_pair() {
 async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let (server_end, _client_end) = tokio::net::UnixStream::pair().unwrap();
     tokio::time::pause();
-    let server = tokio::spawn(berth_sysd::api::serve_connection(server_end, 1));
+    let server = tokio::spawn(berth_sysd::api::serve_connection(
+        server_end,
+        berth_sysd::api::Manager {
+            sysd_start: 1,
+            containers: None,
+        },
+    ));
     tokio::time::advance(berth_sysd::api::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1))
         .await;
     let res = server.await.unwrap();

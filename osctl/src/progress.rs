@@ -1,0 +1,70 @@
+//! Progress bars for pulls: the machine sends `PullProgress` signals while a `Pull` or
+//! `Run` call is in flight; this draws them on stderr when it is a terminal.
+
+use berth_api::ManagerProxy;
+use futures_util::StreamExt;
+use std::io::IsTerminal;
+
+/// A running progress display; [`Bar::finish`] clears it.
+pub struct Bar {
+    task: Option<tokio::task::JoinHandle<()>>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Bar {
+    /// Stop drawing.
+    pub fn finish(self) {
+        if let Some(t) = self.task {
+            t.abort();
+        }
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Start showing progress for pulls of `reference` (no-op unless `text` output goes to
+/// people and stderr is a terminal).
+pub async fn watch(m: &ManagerProxy<'static>, reference: &str, text: bool) -> Bar {
+    if !text || !std::io::stderr().is_terminal() {
+        return Bar {
+            task: None,
+            bar: None,
+        };
+    }
+    let Ok(mut stream) = m.receive_pull_progress().await else {
+        return Bar {
+            task: None,
+            bar: None,
+        };
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("pulling {reference}"));
+    let b = bar.clone();
+    let want = reference.to_string();
+    let task = tokio::spawn(async move {
+        while let Some(sig) = stream.next().await {
+            let Ok(a) = sig.args() else { continue };
+            if a.reference != want {
+                continue;
+            }
+            b.set_length(a.total);
+            b.set_position(a.done);
+            b.set_message(format!(
+                "pulling {want} (layers {}/{})",
+                a.layers_done, a.layers
+            ));
+        }
+    });
+    Bar {
+        task: Some(task),
+        bar: Some(bar),
+    }
+}

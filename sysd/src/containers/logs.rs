@@ -1,0 +1,245 @@
+//! Container logs: stdout and stderr of each container go through a FIFO into a
+//! size-bounded, rotated file under `/var/log/berth/`.
+//!
+//! The container's end of the FIFO is opened read-write, so the container never gets
+//! SIGPIPE or EPIPE while sysd is away (restarting): its writes wait in the pipe buffer
+//! (64 KiB), and the next sysd re-opens the FIFO and drains it. Each line gets a UTC
+//! timestamp prefix.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Largest size of one log file before it is rotated.
+pub const MAX_BYTES: u64 = 1 << 20;
+/// Rotated files kept (`NAME.log.1` .. `NAME.log.N`).
+pub const KEEP: u32 = 2;
+/// Largest chunk one read returns.
+pub const MAX_CHUNK: usize = 256 << 10;
+
+/// One container's log file and its rotated predecessors.
+#[derive(Debug, Clone)]
+pub struct LogFile {
+    path: PathBuf,
+    max: u64,
+    keep: u32,
+}
+
+impl LogFile {
+    /// `dir/NAME.log`, rotated at [`MAX_BYTES`].
+    pub fn new(dir: &Path, name: &str) -> Self {
+        Self::with_limits(dir, name, MAX_BYTES, KEEP)
+    }
+
+    /// With explicit limits (tests).
+    pub fn with_limits(dir: &Path, name: &str, max: u64, keep: u32) -> Self {
+        LogFile {
+            path: dir.join(format!("{name}.log")),
+            max,
+            keep,
+        }
+    }
+
+    /// The current file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        p.into()
+    }
+
+    /// Append `data`, rotating first when the file would grow past the limit.
+    pub fn append(&self, data: &[u8]) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let len = fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if len > 0 && len + data.len() as u64 > self.max {
+            self.rotate()?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        f.write_all(data)
+    }
+
+    fn rotate(&self) -> io::Result<()> {
+        if self.keep == 0 {
+            return fs::remove_file(&self.path);
+        }
+        for n in (1..self.keep).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        fs::rename(&self.path, self.rotated(1))
+    }
+
+    /// The last `lines` lines (0 = everything kept), and the position after them.
+    pub fn tail(&self, lines: usize) -> io::Result<(Vec<u8>, u64)> {
+        let mut data = Vec::new();
+        for n in (1..=self.keep).rev() {
+            if let Ok(mut f) = File::open(self.rotated(n)) {
+                f.read_to_end(&mut data)?;
+            }
+        }
+        let end = match File::open(&self.path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data)?;
+                f.stream_position()?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if lines > 0 {
+            let body = data.strip_suffix(b"\n").unwrap_or(&data);
+            let start = body
+                .iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(lines - 1)
+                .map(|(i, _)| i + 1)
+                .unwrap_or(0);
+            data.drain(..start);
+        }
+        if data.len() > MAX_CHUNK * 4 {
+            data.drain(..data.len() - MAX_CHUNK * 4);
+        }
+        Ok((data, end))
+    }
+
+    /// What was written after position `from` of the current file (everything when the
+    /// file was rotated since), at most [`MAX_CHUNK`] bytes, and the next position.
+    pub fn read_from(&self, from: u64) -> io::Result<(Vec<u8>, u64)> {
+        let mut f = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let from = if from > len { 0 } else { from };
+        f.seek(SeekFrom::Start(from))?;
+        let mut data = Vec::new();
+        f.take(MAX_CHUNK as u64).read_to_end(&mut data)?;
+        Ok((data.clone(), from + data.len() as u64))
+    }
+}
+
+/// Turns raw output into timestamped lines.
+#[derive(Debug, Default)]
+pub struct Liner {
+    mid_line: bool,
+}
+
+impl Liner {
+    /// Prefix every line that starts in `data` with `stamp`.
+    pub fn stamp(&mut self, data: &[u8], stamp: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 32);
+        for &b in data {
+            if !self.mid_line {
+                out.extend_from_slice(stamp.as_bytes());
+                out.push(b' ');
+                self.mid_line = true;
+            }
+            out.push(b);
+            if b == b'\n' {
+                self.mid_line = false;
+            }
+        }
+        out
+    }
+}
+
+/// Now, as `2026-11-23T04:05:06Z`.
+pub fn now_stamp() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Copies everything from the FIFO `fifo` (opened for reading, non-blocking, as `file`)
+/// into `log` until every writer is gone.
+pub async fn pump_from(file: std::fs::File, fifo: PathBuf, log: LogFile) {
+    let rx = match tokio::net::unix::pipe::Receiver::from_file(file) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("cannot watch log pipe {}: {e}", fifo.display());
+            return;
+        }
+    };
+    let mut liner = Liner::default();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if rx.readable().await.is_err() {
+            return;
+        }
+        match rx.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let out = liner.stamp(&buf[..n], &now_stamp());
+                let l = log.clone();
+                let res = tokio::task::spawn_blocking(move || l.append(&out)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!("writing {}: {e}", log.path().display());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                tracing::warn!("reading log pipe {}: {e}", fifo.display());
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_each_line_once_across_chunks() {
+        let mut l = Liner::default();
+        let mut out = l.stamp(b"hello\nwor", "T");
+        out.extend(l.stamp(b"ld\n", "U"));
+        assert_eq!(out, b"T hello\nT world\n");
+    }
+
+    #[test]
+    fn rotates_and_bounds_size() {
+        let d = tempfile::tempdir().unwrap();
+        let log = LogFile::with_limits(d.path(), "c", 100, 2);
+        for i in 0..50 {
+            log.append(format!("line {i:03}\n").as_bytes()).unwrap();
+        }
+        let total: u64 = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(total <= 300, "{total} bytes kept");
+        assert!(d.path().join("c.log.2").exists());
+        assert!(!d.path().join("c.log.3").exists());
+        let (t, end) = log.tail(2).unwrap();
+        assert_eq!(t, b"line 048\nline 049\n");
+        assert_eq!(end, fs::metadata(log.path()).unwrap().len());
+        // Following from the end sees only new data.
+        log.append(b"line 050\n").unwrap();
+        let (more, _) = log.read_from(end).unwrap();
+        assert_eq!(more, b"line 050\n");
+    }
+
+    #[test]
+    fn read_after_rotation_restarts_at_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let log = LogFile::with_limits(d.path(), "c", 20, 1);
+        log.append(b"0123456789abcdef\n").unwrap();
+        let (_, end) = log.tail(0).unwrap();
+        log.append(b"xyz\n").unwrap(); // rotates
+        let (data, _) = log.read_from(end).unwrap();
+        assert_eq!(data, b"xyz\n");
+    }
+}

@@ -1,0 +1,1613 @@
+//! The container manager: every system service and every workload runs as a container
+//! through the integrated runtime ([`berth_runtime`]).
+//!
+//! * Definitions come from `/usr/lib/berth/services/*.toml` (system services), the
+//!   config's `[[containers]]` and `osctl run` (kept in `/var/lib/berth/workloads/`).
+//! * Each container has one supervising task: it waits for its dependencies, resolves the
+//!   image (a shipped OCI layout imported into the store, or a registry pull), mounts an
+//!   overlay rootfs (the image's unpacked layers + a per-container upper dir under
+//!   `/var/lib/berth/containers/<name>/`), writes the OCI bundle, creates and starts the
+//!   container in cgroup `berth/system/<name>` or `berth/workloads/<name>`, pumps its
+//!   output into `/var/log/berth/<name>.log`, runs its health check, and applies the
+//!   restart policy with exponential back-off when it exits.
+//! * sysd may crash: containers keep running (their state is in `/run/berth/runtime`),
+//!   and the next sysd adopts them instead of starting new ones.
+
+pub mod bundle;
+pub mod health;
+pub mod logs;
+
+use berth_api::{ContainerInfo, ContainerStats, ExecReply, ImageInfo, RunRequest};
+use berth_config::{ContainerSpec, ImageRef, RestartPolicy};
+use berth_registry::{Client, Platform, Reference, Store};
+use berth_runtime::{CreateOptions, ExecOptions, Runtime, Stdio3};
+use health::Health;
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Where the manager keeps things.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Runtime state (`/run/berth/runtime`): survives sysd restarts, not reboots.
+    pub runtime_root: PathBuf,
+    /// Log FIFOs (`/run/berth/containers`).
+    pub run_dir: PathBuf,
+    /// Per-container upper/work dirs and bundles (`/var/lib/berth/containers`).
+    pub containers: PathBuf,
+    /// Definitions of `osctl run` workloads (`/var/lib/berth/workloads`).
+    pub workloads: PathBuf,
+    /// Logs (`/var/log/berth`).
+    pub logs: PathBuf,
+    /// The image store (`/var/lib/berth/images`).
+    pub images: PathBuf,
+    /// Shipped OCI layouts (`/usr/lib/berth/images`).
+    pub shipped: PathBuf,
+    /// Shipped service definitions (`/usr/lib/berth/services`).
+    pub services: PathBuf,
+    /// Named volumes (`/var/lib/berth/volumes`).
+    pub volumes: PathBuf,
+}
+
+impl Paths {
+    /// The paths on a Berth node.
+    pub fn node() -> Self {
+        Paths {
+            runtime_root: "/run/berth/runtime".into(),
+            run_dir: "/run/berth/containers".into(),
+            containers: "/var/lib/berth/containers".into(),
+            workloads: "/var/lib/berth/workloads".into(),
+            logs: "/var/log/berth".into(),
+            images: "/var/lib/berth/images".into(),
+            shipped: "/usr/lib/berth/images".into(),
+            services: "/usr/lib/berth/services".into(),
+            volumes: berth_config::VOLUMES_DIR.into(),
+        }
+    }
+}
+
+/// Where a definition comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Shipped in the image.
+    System,
+    /// The config's `[[containers]]`.
+    Config,
+    /// `osctl run`.
+    Run,
+}
+
+impl Kind {
+    fn cgroup_parent(self) -> &'static str {
+        match self {
+            Kind::System => "berth/system",
+            _ => "berth/workloads",
+        }
+    }
+}
+
+/// Errors of the manager's operations, each naming the container or image.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no container named {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ManagerError> for berth_api::ManagerError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::NotFound(n) => {
+                berth_api::ManagerError::NotFound(format!("no container named {n:?}"))
+            }
+            ManagerError::Invalid(m) => berth_api::ManagerError::Invalid(m),
+            ManagerError::Failed(m) => berth_api::ManagerError::Failed(m),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmd {
+    Start,
+    Stop,
+    Restart,
+    Remove,
+}
+
+struct Entry {
+    spec: ContainerSpec,
+    kind: Kind,
+    state: &'static str,
+    pid: i32,
+    restarts: u32,
+    exit_code: i32,
+    health: Health,
+    started: Option<Instant>,
+    message: String,
+    /// The store ref of the image in use.
+    image_ref: String,
+    tx: mpsc::UnboundedSender<Cmd>,
+    done: watch::Receiver<bool>,
+}
+
+struct Shared {
+    entries: Mutex<BTreeMap<String, Entry>>,
+    changed: watch::Sender<u64>,
+    rt: Runtime,
+    store: Store,
+    client: Client,
+    paths: Paths,
+    platform: Platform,
+}
+
+/// The container manager; cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    sh: Arc<Shared>,
+}
+
+/// How long a container gets between SIGTERM and SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A run shorter than this counts as a quick failure for the back-off.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// Quick exits in a row from which `osctl ps` reports a crash loop.
+const CRASH_LOOP: u32 = 3;
+
+fn lock(sh: &Shared) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    sh.entries.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn touch(sh: &Shared) {
+    sh.changed.send_modify(|v| *v = v.wrapping_add(1));
+}
+
+fn update(sh: &Shared, name: &str, f: impl FnOnce(&mut Entry)) {
+    if let Some(e) = lock(sh).get_mut(name) {
+        f(e);
+    }
+    touch(sh);
+}
+
+/// Reads the service definitions in `dir` (`*.toml`, sorted). Bad files are reported and
+/// skipped, so one broken definition cannot keep the others down.
+pub fn load_services(dir: &Path) -> (Vec<ContainerSpec>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(format!("cannot read {}: {e}", dir.display()));
+            Vec::new()
+        }
+    };
+    files.sort();
+    for p in files {
+        match fs::read_to_string(&p) {
+            Ok(t) => match berth_config::parse_service(&t) {
+                Ok(s) => out.push(s),
+                Err(e) => errors.push(format!("{}: {e}", p.display())),
+            },
+            Err(e) => errors.push(format!("cannot read {}: {e}", p.display())),
+        }
+    }
+    (out, errors)
+}
+
+/// Dependency order: every container after those it names in `after`/`requires` (when
+/// they are defined); ties keep the input order. Cycles are broken by input order.
+pub fn start_order(specs: &[(String, Vec<String>)]) -> Vec<String> {
+    let names: HashSet<&str> = specs.iter().map(|(n, _)| n.as_str()).collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut left: Vec<&(String, Vec<String>)> = specs.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        left.retain(|(n, deps)| {
+            let ready = deps
+                .iter()
+                .all(|d| !names.contains(d.as_str()) || done.contains(d) || d == n);
+            if ready {
+                done.push(n.clone());
+            }
+            !ready
+        });
+        if left.len() == before {
+            // A cycle: take the first one as if its dependencies were met.
+            let (n, _) = left.remove(0);
+            done.push(n.clone());
+        }
+    }
+    done
+}
+
+fn deps_of(s: &ContainerSpec) -> Vec<String> {
+    let mut d = s.after.clone();
+    d.extend(s.requires.iter().cloned());
+    d
+}
+
+fn store_ref(r: &ImageRef) -> String {
+    match r {
+        ImageRef::Shipped { name, tag } => {
+            format!("{name}:{}", tag.as_deref().unwrap_or("latest"))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn exit_code(ws: nix::sys::wait::WaitStatus) -> i32 {
+    use nix::sys::wait::WaitStatus;
+    match ws {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, s, _) => 128 + s as i32,
+        _ => -1,
+    }
+}
+
+/// Waits for `pid` to exit; returns its exit status (-1 when it was not our child, e.g.
+/// a container adopted from a previous sysd, whose status went to PID 1). Waits on a
+/// blocking-pool thread, so the status is collected even if nobody awaits it any more.
+async fn wait_exit(pid: i32) -> i32 {
+    tokio::task::spawn_blocking(move || wait_blocking(pid))
+        .await
+        .unwrap_or(-1)
+}
+
+fn wait_blocking(pid: i32) -> i32 {
+    use nix::errno::Errno;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let p = nix::unistd::Pid::from_raw(pid);
+    loop {
+        match waitpid(p, None) {
+            Ok(ws @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return exit_code(ws),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    // Not our child: wait on a pidfd.
+    if let Ok(fd) = crate::sys::pidfd_open(pid) {
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&fd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Err(Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+    }
+    -1
+}
+
+impl Manager {
+    /// A manager over `paths` with the registry `client`.
+    pub fn new(paths: Paths, client: Client) -> Result<Self, ManagerError> {
+        let store = Store::open(&paths.images).map_err(|e| {
+            ManagerError::Failed(format!(
+                "cannot open the image store {}: {e}",
+                paths.images.display()
+            ))
+        })?;
+        for d in [&paths.run_dir, &paths.containers, &paths.logs] {
+            fs::create_dir_all(d)
+                .map_err(|e| ManagerError::Failed(format!("cannot create {}: {e}", d.display())))?;
+        }
+        let (changed, _) = watch::channel(0);
+        Ok(Manager {
+            sh: Arc::new(Shared {
+                entries: Mutex::new(BTreeMap::new()),
+                changed,
+                rt: Runtime::new(&paths.runtime_root),
+                store,
+                client,
+                paths,
+                platform: Platform::host(),
+            }),
+        })
+    }
+
+    /// Definitions of `osctl run` workloads kept on the state partition.
+    pub fn saved_workloads(&self) -> (Vec<ContainerSpec>, Vec<String>) {
+        load_services(&self.sh.paths.workloads)
+    }
+
+    /// Register `specs` and start them (in dependency order; independent ones in
+    /// parallel), adopting containers a previous sysd left running. Name clashes are
+    /// reported and the later definition is refused.
+    pub fn launch(&self, specs: Vec<(ContainerSpec, Kind)>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut accepted = Vec::new();
+        {
+            let entries = lock(&self.sh);
+            let mut seen: HashSet<String> = entries.keys().cloned().collect();
+            for (s, k) in specs {
+                if !seen.insert(s.name.clone()) {
+                    problems.push(format!(
+                        "container {:?} is defined twice; the {} definition is ignored",
+                        s.name,
+                        match k {
+                            Kind::System => "system",
+                            Kind::Config => "config",
+                            Kind::Run => "osctl run",
+                        }
+                    ));
+                    continue;
+                }
+                accepted.push((s, k));
+            }
+        }
+        let known: HashSet<String> = accepted.iter().map(|(s, _)| s.name.clone()).collect();
+        // Containers left in the runtime that nothing defines any more: remove them.
+        if let Ok(list) = self.sh.rt.list() {
+            for st in list {
+                if !known.contains(&st.id) && !lock(&self.sh).contains_key(&st.id) {
+                    tracing::info!(container = %st.id, "removing a container nothing defines");
+                    let _ = self.sh.rt.delete(&st.id, true);
+                    let _ = unmount(&self.sh.paths.containers.join(&st.id).join("rootfs"));
+                }
+            }
+        }
+        for (s, k) in accepted {
+            self.spawn(s, k, true);
+        }
+        problems
+    }
+
+    fn spawn(&self, spec: ContainerSpec, kind: Kind, start: bool) {
+        let name = spec.name.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(false);
+        let adopted = self.adoptable(&name);
+        lock(&self.sh).insert(
+            name.clone(),
+            Entry {
+                image_ref: store_ref(&spec.image),
+                spec,
+                kind,
+                state: if adopted.is_some() {
+                    "running"
+                } else {
+                    "waiting"
+                },
+                pid: adopted.unwrap_or(0),
+                restarts: 0,
+                exit_code: -1,
+                health: Health::None,
+                started: adopted.map(|_| Instant::now()),
+                message: String::new(),
+                tx,
+                done: done_rx,
+            },
+        );
+        touch(&self.sh);
+        let sh = self.sh.clone();
+        tokio::spawn(async move {
+            supervise(sh.clone(), name.clone(), rx, adopted, start).await;
+            let _ = done_tx.send(true);
+        });
+    }
+
+    /// A running container from a previous sysd: its pid (the log pump is re-attached).
+    fn adoptable(&self, name: &str) -> Option<i32> {
+        let st = self.sh.rt.state(name).ok()?;
+        if st.status != berth_runtime::Status::Running || st.pid <= 0 {
+            return None;
+        }
+        let fifo = self.sh.paths.run_dir.join(name).join("log.fifo");
+        let log = logs::LogFile::new(&self.sh.paths.logs, name);
+        match open_reader(&fifo) {
+            Ok(rx) => {
+                tokio::spawn(logs::pump_from(rx, fifo, log));
+            }
+            Err(e) => tracing::warn!(container = name, "cannot re-attach the log: {e}"),
+        }
+        tracing::info!(container = name, pid = st.pid, "adopted running container");
+        Some(st.pid)
+    }
+
+    fn send(&self, name: &str, cmd: Cmd) -> Result<(), ManagerError> {
+        let e = lock(&self.sh);
+        let e = e
+            .get(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        e.tx.send(cmd)
+            .map_err(|_| ManagerError::Failed(format!("container {name} is being removed")))
+    }
+
+    async fn wait_state(&self, name: &str, want: &[&str], timeout: Duration) -> bool {
+        let mut rx = self.sh.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match lock(&self.sh).get(name) {
+                Some(e) if want.contains(&e.state) => return true,
+                None => return want.is_empty(),
+                _ => {}
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Start a stopped container (returns once it runs or failed to start).
+    pub async fn start(&self, name: &str) -> Result<(), ManagerError> {
+        self.send(name, Cmd::Start)?;
+        self.settle(name).await
+    }
+
+    async fn settle(&self, name: &str) -> Result<(), ManagerError> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.wait_state(
+            name,
+            &[
+                "running",
+                "failed",
+                "exited",
+                "crash-loop",
+                "restarting",
+                "stopped",
+            ],
+            Duration::from_secs(120),
+        )
+        .await;
+        let e = lock(&self.sh);
+        match e.get(name) {
+            Some(e) if e.state == "failed" || e.state == "crash-loop" => Err(ManagerError::Failed(
+                format!("container {name} failed to start: {}", e.message),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stop a container (SIGTERM, SIGKILL after [`STOP_TIMEOUT`]); it stays stopped.
+    pub async fn stop(&self, name: &str) -> Result<(), ManagerError> {
+        self.send(name, Cmd::Stop)?;
+        if !self
+            .wait_state(name, &["stopped"], STOP_TIMEOUT + Duration::from_secs(10))
+            .await
+        {
+            return Err(ManagerError::Failed(format!(
+                "container {name} did not stop in time"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stop and start again.
+    pub async fn restart(&self, name: &str) -> Result<(), ManagerError> {
+        self.send(name, Cmd::Restart)?;
+        // Wait for the old run to go, then for the new one.
+        self.wait_state(
+            name,
+            &["stopped", "waiting", "starting"],
+            STOP_TIMEOUT + Duration::from_secs(5),
+        )
+        .await;
+        self.settle(name).await
+    }
+
+    /// Every container.
+    pub fn ps(&self) -> Vec<ContainerInfo> {
+        lock(&self.sh)
+            .iter()
+            .map(|(n, e)| ContainerInfo {
+                name: n.clone(),
+                kind: if e.kind == Kind::System {
+                    "system".into()
+                } else {
+                    "workload".into()
+                },
+                image: e.spec.image.to_string(),
+                state: e.state.into(),
+                pid: e.pid,
+                restarts: e.restarts,
+                exit_code: e.exit_code,
+                health: e.health.as_str().into(),
+                required: e.spec.required_for_boot,
+                uptime_seconds: e
+                    .started
+                    .filter(|_| e.state == "running")
+                    .map(|s| s.elapsed().as_secs_f64())
+                    .unwrap_or(0.0),
+                message: e.message.clone(),
+            })
+            .collect()
+    }
+
+    /// Required services and their health, and whether all are healthy.
+    pub fn required_health(&self) -> (Vec<(String, String)>, bool) {
+        let e = lock(&self.sh);
+        let mut all = true;
+        let mut v = Vec::new();
+        for (n, e) in e.iter().filter(|(_, e)| e.spec.required_for_boot) {
+            let ok = e.state == "running" && matches!(e.health, Health::None | Health::Healthy);
+            all &= ok;
+            v.push((
+                n.clone(),
+                if ok {
+                    "healthy".to_string()
+                } else if e.state == "running" {
+                    e.health.as_str().to_string()
+                } else {
+                    e.state.to_string()
+                },
+            ));
+        }
+        (v, all)
+    }
+
+    /// Counters of every running container.
+    pub fn stats(&self) -> Vec<ContainerStats> {
+        let names: Vec<String> = lock(&self.sh)
+            .iter()
+            .filter(|(_, e)| e.state == "running")
+            .map(|(n, _)| n.clone())
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let s = self.sh.rt.stats(&n).ok()?;
+                Some(ContainerStats {
+                    name: n,
+                    memory_bytes: s.memory_current.unwrap_or(0),
+                    memory_max: s.memory_max.unwrap_or(0),
+                    cpu_usec: s.cpu_usage_usec.unwrap_or(0),
+                    pids: s.pids_current.unwrap_or(0),
+                    pids_max: s.pids_max.unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    fn log_file(&self, name: &str) -> Result<logs::LogFile, ManagerError> {
+        let known = lock(&self.sh).contains_key(name);
+        let lf = logs::LogFile::new(&self.sh.paths.logs, name);
+        if !known && !lf.path().exists() {
+            return Err(ManagerError::NotFound(name.into()));
+        }
+        Ok(lf)
+    }
+
+    /// The last `tail` lines of a container's log (0 = all kept).
+    pub fn logs(&self, name: &str, tail: u32) -> Result<(Vec<u8>, u64), ManagerError> {
+        self.log_file(name)?
+            .tail(tail as usize)
+            .map_err(|e| ManagerError::Failed(format!("reading the log of {name}: {e}")))
+    }
+
+    /// Log data after position `from`.
+    pub fn logs_from(&self, name: &str, from: u64) -> Result<(Vec<u8>, u64), ManagerError> {
+        self.log_file(name)?
+            .read_from(from)
+            .map_err(|e| ManagerError::Failed(format!("reading the log of {name}: {e}")))
+    }
+
+    /// Run `argv` in the running container `name`, feeding `stdin`, and collect its
+    /// output (each stream capped at 8 MiB). Killed after `timeout`.
+    pub async fn exec(
+        &self,
+        name: &str,
+        argv: Vec<String>,
+        stdin: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ExecReply, ManagerError> {
+        {
+            let e = lock(&self.sh);
+            let e = e
+                .get(name)
+                .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+            if e.state != "running" {
+                return Err(ManagerError::Invalid(format!(
+                    "container {name} is {}, not running",
+                    e.state
+                )));
+            }
+        }
+        if argv.is_empty() {
+            return Err(ManagerError::Invalid("no command given".into()));
+        }
+        let rt = self.sh.rt.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || exec_capture(&rt, &name, argv, stdin, timeout))
+            .await
+            .map_err(|e| ManagerError::Failed(format!("exec task: {e}")))?
+    }
+
+    /// Images in the store.
+    pub fn images(&self) -> Result<Vec<ImageInfo>, ManagerError> {
+        let refs = self
+            .sh
+            .store
+            .refs()
+            .map_err(|e| ManagerError::Failed(format!("reading the image store: {e}")))?;
+        let used: HashSet<String> = lock(&self.sh)
+            .values()
+            .map(|e| e.image_ref.clone())
+            .collect();
+        Ok(refs
+            .into_iter()
+            .map(|(name, digest)| {
+                let size = self
+                    .sh
+                    .store
+                    .image(&name, &self.sh.platform)
+                    .map(|i| {
+                        i.manifest.config.size
+                            + i.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+                    })
+                    .unwrap_or(0);
+                ImageInfo {
+                    in_use: used.contains(&name),
+                    name,
+                    digest: digest.to_string(),
+                    size,
+                }
+            })
+            .collect())
+    }
+
+    /// Pull `reference` into the store.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        progress: berth_registry::Progress,
+    ) -> Result<ImageInfo, ManagerError> {
+        let r = Reference::parse(reference)
+            .map_err(|e| ManagerError::Invalid(format!("invalid image reference: {e}")))?;
+        let opts = berth_registry::PullOptions {
+            platform: self.sh.platform.clone(),
+            progress,
+            ..Default::default()
+        };
+        let img = self
+            .sh
+            .store
+            .pull(&self.sh.client, &r, &opts)
+            .await
+            .map_err(|e| ManagerError::Failed(error_chain(&e)))?;
+        Ok(ImageInfo {
+            name: img.name.clone(),
+            digest: img.digest.to_string(),
+            size: img.manifest.config.size
+                + img.manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+            in_use: false,
+        })
+    }
+
+    /// Remove an image no container uses, then garbage-collect.
+    pub fn remove_image(&self, name: &str) -> Result<(), ManagerError> {
+        let users: Vec<String> = lock(&self.sh)
+            .iter()
+            .filter(|(_, e)| e.image_ref == name)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(ManagerError::Invalid(format!(
+                "image {name} is used by {}; remove those containers first",
+                users.join(", ")
+            )));
+        }
+        let removed = self
+            .sh
+            .store
+            .remove_ref(name)
+            .map_err(|e| ManagerError::Failed(error_chain(&e)))?;
+        if !removed {
+            return Err(ManagerError::NotFound(name.into()));
+        }
+        self.sh
+            .store
+            .gc()
+            .map_err(|e| ManagerError::Failed(error_chain(&e)))?;
+        Ok(())
+    }
+
+    /// `osctl run`: validate with the config's rules, pull, persist, start.
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        progress: berth_registry::Progress,
+    ) -> Result<String, ManagerError> {
+        let spec = run_spec(req).map_err(ManagerError::Invalid)?;
+        if lock(&self.sh).contains_key(&spec.name) {
+            return Err(ManagerError::Invalid(format!(
+                "a container named {:?} exists already (osctl rm it, or choose another --name)",
+                spec.name
+            )));
+        }
+        if let ImageRef::Registry { .. } = &spec.image {
+            self.pull(&spec.image.to_string(), progress).await?;
+        }
+        let text = toml::to_string(&spec)
+            .map_err(|e| ManagerError::Failed(format!("cannot save the definition: {e}")))?;
+        let path = self.sh.paths.workloads.join(format!("{}.toml", spec.name));
+        fs::create_dir_all(&self.sh.paths.workloads)
+            .and_then(|_| berth_config::store::write_atomic(&path, text.as_bytes()))
+            .map_err(|e| ManagerError::Failed(format!("cannot write {}: {e}", path.display())))?;
+        let name = spec.name.clone();
+        self.spawn(spec, Kind::Run, true);
+        self.settle(&name).await?;
+        Ok(name)
+    }
+
+    /// Remove an `osctl run` workload (its definition, upper dir and logs).
+    pub async fn remove(&self, name: &str, force: bool) -> Result<(), ManagerError> {
+        let (kind, state, mut done) = {
+            let e = lock(&self.sh);
+            let e = e
+                .get(name)
+                .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+            (e.kind, e.state, e.done.clone())
+        };
+        match kind {
+            Kind::System => {
+                return Err(ManagerError::Invalid(format!(
+                    "{name} is a system service; it cannot be removed (osctl stop stops it)"
+                )))
+            }
+            Kind::Config => {
+                return Err(ManagerError::Invalid(format!(
+                    "{name} is defined in the machine config; remove it there (osctl config apply)"
+                )))
+            }
+            Kind::Run => {}
+        }
+        if matches!(state, "running" | "starting" | "restarting") && !force {
+            return Err(ManagerError::Invalid(format!(
+                "container {name} is {state}; stop it first or use --force"
+            )));
+        }
+        self.send(name, Cmd::Remove)?;
+        let _ = tokio::time::timeout(
+            STOP_TIMEOUT + Duration::from_secs(10),
+            done.wait_for(|d| *d),
+        )
+        .await;
+        lock(&self.sh).remove(name);
+        touch(&self.sh);
+        let p = &self.sh.paths;
+        let _ = fs::remove_file(p.workloads.join(format!("{name}.toml")));
+        let _ = fs::remove_dir_all(p.containers.join(name));
+        let lf = logs::LogFile::new(&p.logs, name);
+        let _ = fs::remove_file(lf.path());
+        for n in 1..=logs::KEEP {
+            let _ = fs::remove_file(format!("{}.{n}", lf.path().display()));
+        }
+        Ok(())
+    }
+
+    /// Stop everything, in reverse dependency order (sysd is shutting down).
+    pub async fn shutdown(&self) {
+        let order = {
+            let e = lock(&self.sh);
+            start_order(
+                &e.iter()
+                    .map(|(n, e)| (n.clone(), deps_of(&e.spec)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for name in order.iter().rev() {
+            let running = lock(&self.sh).get(name).is_some_and(|e| {
+                !matches!(e.state, "stopped" | "exited" | "failed" | "crash-loop")
+            });
+            if running && self.send(name, Cmd::Stop).is_ok() {
+                self.wait_state(name, &["stopped"], Duration::from_secs(8))
+                    .await;
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// The definition of an `osctl run` request, validated by the config crate.
+pub fn run_spec(req: &RunRequest) -> Result<ContainerSpec, String> {
+    let mut t = toml::Table::new();
+    let name = if req.name.is_empty() {
+        // The image's last path component, without tag or digest.
+        let base = req.image.rsplit('/').next().unwrap_or(&req.image);
+        let base = base.split(['@', ':']).next().unwrap_or(base);
+        base.to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+    } else {
+        req.name.clone()
+    };
+    t.insert("name".into(), name.into());
+    t.insert("image".into(), req.image.clone().into());
+    if !req.command.is_empty() {
+        t.insert("command".into(), req.command.clone().into());
+    }
+    if !req.env.is_empty() {
+        let mut env = toml::Table::new();
+        for kv in &req.env {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--env {kv:?}: use KEY=VALUE"))?;
+            env.insert(k.into(), v.into());
+        }
+        t.insert("env".into(), env.into());
+    }
+    let mut limits = toml::Table::new();
+    if !req.memory.is_empty() {
+        limits.insert("memory".into(), req.memory.clone().into());
+    }
+    if !req.cpus.is_empty() {
+        let c: f64 = req
+            .cpus
+            .parse()
+            .map_err(|_| format!("--cpus {:?}: use a number such as 0.5", req.cpus))?;
+        limits.insert("cpus".into(), c.into());
+    }
+    if !limits.is_empty() {
+        t.insert("limits".into(), limits.into());
+    }
+    if !req.volumes.is_empty() {
+        let mut vols = Vec::new();
+        for v in &req.volumes {
+            let (n, target) = v
+                .split_once(':')
+                .ok_or_else(|| format!("--volume {v:?}: use NAME:/path/in/container"))?;
+            let mut vt = toml::Table::new();
+            vt.insert("name".into(), n.into());
+            vt.insert("target".into(), target.into());
+            vols.push(toml::Value::Table(vt));
+        }
+        t.insert("volumes".into(), vols.into());
+    }
+    if !req.restart.is_empty() {
+        let mut r = toml::Table::new();
+        r.insert("policy".into(), req.restart.clone().into());
+        t.insert("restart".into(), r.into());
+    }
+    let text = toml::to_string(&t).map_err(|e| e.to_string())?;
+    berth_config::parse_service(&text).map_err(|e| e.to_string())
+}
+
+// ----- one container's life -----
+
+enum Outcome {
+    Exited(i32),
+    Stop,
+    Restart,
+    Remove,
+}
+
+async fn supervise(
+    sh: Arc<Shared>,
+    name: String,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut adopted: Option<i32>,
+    start: bool,
+) {
+    let mut want = start || adopted.is_some();
+    let mut quick_failures: u32 = 0;
+    let mut first = true;
+    loop {
+        if !want {
+            match rx.recv().await {
+                Some(Cmd::Start) | Some(Cmd::Restart) => {
+                    want = true;
+                    quick_failures = 0;
+                    update(&sh, &name, |e| e.message.clear());
+                }
+                Some(Cmd::Stop) => continue,
+                Some(Cmd::Remove) | None => {
+                    cleanup(&sh, &name).await;
+                    return;
+                }
+            }
+        }
+        let spec = match lock(&sh).get(&name) {
+            Some(e) => e.spec.clone(),
+            None => return,
+        };
+        let pid = match adopted.take() {
+            Some(pid) => pid,
+            None => {
+                if first {
+                    match wait_deps(&sh, &spec, &mut rx).await {
+                        Some(Cmd::Remove) => {
+                            cleanup(&sh, &name).await;
+                            return;
+                        }
+                        Some(Cmd::Stop) => {
+                            want = false;
+                            update(&sh, &name, |e| e.state = "stopped");
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                update(&sh, &name, |e| {
+                    e.state = "starting";
+                    e.message.clear();
+                });
+                match start_container(&sh, &spec).await {
+                    Ok(pid) => pid,
+                    Err(msg) => {
+                        tracing::warn!(container = %name, "start failed: {msg}");
+                        cleanup(&sh, &name).await;
+                        quick_failures += 1;
+                        update(&sh, &name, |e| {
+                            e.state = "failed";
+                            e.message = msg;
+                            e.pid = 0;
+                        });
+                        if spec.restart.policy == RestartPolicy::Never
+                            || spec.restart.limit.is_some_and(|l| quick_failures > l)
+                        {
+                            want = false;
+                            continue;
+                        }
+                        match backoff(&sh, &name, &spec, quick_failures, &mut rx).await {
+                            Some(Cmd::Remove) => {
+                                cleanup(&sh, &name).await;
+                                return;
+                            }
+                            Some(Cmd::Stop) => {
+                                want = false;
+                                update(&sh, &name, |e| e.state = "stopped");
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        first = false;
+        let started = Instant::now();
+        tracing::info!(container = %name, pid, "running");
+        update(&sh, &name, |e| {
+            e.state = "running";
+            e.pid = pid;
+            e.started = Some(started);
+            e.health = if spec.health.is_some() {
+                Health::Starting
+            } else {
+                Health::None
+            };
+        });
+        let checker = spec
+            .health
+            .clone()
+            .map(|h| tokio::spawn(health_loop(sh.clone(), name.clone(), h)));
+        let exit = wait_exit(pid);
+        tokio::pin!(exit);
+        let outcome = loop {
+            tokio::select! {
+                code = &mut exit => break Outcome::Exited(code),
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Start) => continue,
+                    Some(Cmd::Stop) => break Outcome::Stop,
+                    Some(Cmd::Restart) => break Outcome::Restart,
+                    Some(Cmd::Remove) | None => break Outcome::Remove,
+                },
+            }
+        };
+        if let Some(c) = checker {
+            c.abort();
+        }
+        let code = match outcome {
+            Outcome::Exited(c) => c,
+            _ => {
+                update(&sh, &name, |e| e.state = "stopping");
+                stop_pid(&sh, &name, pid, &mut exit).await
+            }
+        };
+        cleanup(&sh, &name).await;
+        let ran = started.elapsed();
+        tracing::info!(container = %name, code, "exited after {:.1} s", ran.as_secs_f64());
+        update(&sh, &name, |e| {
+            e.exit_code = code;
+            e.pid = 0;
+            e.health = Health::None;
+        });
+        match outcome {
+            Outcome::Stop => {
+                want = false;
+                update(&sh, &name, |e| e.state = "stopped");
+                continue;
+            }
+            Outcome::Remove => return,
+            Outcome::Restart => {
+                quick_failures = 0;
+                update(&sh, &name, |e| e.restarts += 1);
+                continue;
+            }
+            Outcome::Exited(_) => {}
+        }
+        let again = match spec.restart.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != 0,
+            RestartPolicy::Never => false,
+        };
+        if ran < QUICK_EXIT {
+            quick_failures += 1;
+        } else {
+            quick_failures = 0;
+        }
+        if !again {
+            want = false;
+            update(&sh, &name, |e| {
+                e.state = if code == 0 { "exited" } else { "failed" };
+                e.message = format!("exited with status {code}");
+            });
+            continue;
+        }
+        if spec.restart.limit.is_some_and(|l| quick_failures > l) {
+            want = false;
+            update(&sh, &name, |e| {
+                e.state = "crash-loop";
+                e.message = format!(
+                    "exited {quick_failures} times in a row within {} s (last status {code}); \
+                     not restarted again (osctl start {name} to retry)",
+                    QUICK_EXIT.as_secs()
+                );
+            });
+            tracing::warn!(container = %name, "crash loop: giving up");
+            continue;
+        }
+        update(&sh, &name, |e| e.restarts += 1);
+        match backoff(&sh, &name, &spec, quick_failures, &mut rx).await {
+            Some(Cmd::Remove) => return,
+            Some(Cmd::Stop) => {
+                want = false;
+                update(&sh, &name, |e| e.state = "stopped");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sleeps the back-off before a restart; returns early with a Stop/Remove command.
+async fn backoff(
+    sh: &Shared,
+    name: &str,
+    spec: &ContainerSpec,
+    quick: u32,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+) -> Option<Cmd> {
+    let base = spec.restart.backoff.get();
+    let max = spec.restart.max_backoff.get();
+    let delay = if quick == 0 {
+        base
+    } else {
+        base.saturating_mul(1u32 << quick.saturating_sub(1).min(16))
+            .min(max)
+    };
+    let code = lock(sh).get(name).map(|e| e.exit_code).unwrap_or(-1);
+    update(sh, name, |e| {
+        if e.state != "failed" {
+            e.state = "restarting";
+        }
+        if quick >= CRASH_LOOP {
+            e.message = format!(
+                "crash loop: {quick} quick exits in a row (last status {code}); next start in {:.1} s",
+                delay.as_secs_f64()
+            );
+        } else if e.state != "failed" {
+            e.message = format!("restarting in {:.1} s", delay.as_secs_f64());
+        }
+    });
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => None,
+        cmd = rx.recv() => match cmd {
+            Some(Cmd::Start) | Some(Cmd::Restart) => None,
+            Some(c) => Some(c),
+            None => Some(Cmd::Remove),
+        },
+    }
+}
+
+/// Waits until the containers this one names in `after` are running (and healthy when
+/// they have a check) and those in `requires` are; a command may interrupt.
+async fn wait_deps(
+    sh: &Shared,
+    spec: &ContainerSpec,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+) -> Option<Cmd> {
+    let deps = deps_of(spec);
+    if deps.is_empty() {
+        return None;
+    }
+    let mut changed = sh.changed.subscribe();
+    loop {
+        let pending: Vec<String> = {
+            let e = lock(sh);
+            deps.iter()
+                .filter(|d| match e.get(d.as_str()) {
+                    None => spec.requires.contains(d),
+                    Some(x) => {
+                        let up = x.state == "running"
+                            && matches!(x.health, Health::None | Health::Healthy);
+                        let gave_up =
+                            matches!(x.state, "exited" | "failed" | "crash-loop" | "stopped");
+                        !(up || (gave_up && !spec.requires.contains(d)))
+                    }
+                })
+                .cloned()
+                .collect()
+        };
+        if pending.is_empty() {
+            return None;
+        }
+        update(sh, &spec.name, |e| {
+            e.state = "waiting";
+            e.message = format!("waiting for {}", pending.join(", "));
+        });
+        let mut mark = *changed.borrow_and_update();
+        loop {
+            tokio::select! {
+                r = changed.changed() => {
+                    if r.is_err() { return None; }
+                    // Our own update above also bumps the counter: look again only
+                    // when something else changed.
+                    let now = *changed.borrow_and_update();
+                    if now != mark { break; }
+                    mark = now;
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Start) | Some(Cmd::Restart) => {}
+                    Some(c) => return Some(c),
+                    None => return Some(Cmd::Remove),
+                },
+            }
+        }
+    }
+}
+
+async fn health_loop(sh: Arc<Shared>, name: String, h: berth_config::Health) {
+    use berth_config::HealthCheck;
+    let started = Instant::now();
+    let mut fails = 0u32;
+    loop {
+        let res = match h.check() {
+            Some(HealthCheck::Tcp(a)) => health::tcp(a, h.timeout.get()).await,
+            Some(HealthCheck::Http(u)) => health::http(u, h.timeout.get()).await,
+            Some(HealthCheck::Exec(argv)) => {
+                let rt = sh.rt.clone();
+                let (n, argv, t) = (name.clone(), argv.to_vec(), h.timeout.get());
+                match tokio::task::spawn_blocking(move || {
+                    exec_capture(&rt, &n, argv, Vec::new(), t)
+                })
+                .await
+                {
+                    Ok(Ok(r)) if r.exit_code == 0 => Ok(()),
+                    Ok(Ok(r)) => Err(format!(
+                        "health command exited with {}: {}",
+                        r.exit_code,
+                        String::from_utf8_lossy(&r.stderr).trim()
+                    )),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            None => return,
+        };
+        match res {
+            Ok(()) => {
+                fails = 0;
+                update(&sh, &name, |e| {
+                    if e.health != Health::Healthy {
+                        tracing::info!(container = %name, "healthy");
+                    }
+                    e.health = Health::Healthy;
+                    if e.message.starts_with("health:") {
+                        e.message.clear();
+                    }
+                });
+            }
+            Err(msg) => {
+                if started.elapsed() >= h.start_period.get() {
+                    fails += 1;
+                }
+                let unhealthy = fails >= h.retries.max(1);
+                update(&sh, &name, |e| {
+                    if unhealthy {
+                        if e.health != Health::Unhealthy {
+                            tracing::warn!(container = %name, "unhealthy: {msg}");
+                        }
+                        e.health = Health::Unhealthy;
+                    }
+                    e.message = format!("health: {msg}");
+                });
+            }
+        }
+        // Until the first success, check often so a boot is blessed quickly.
+        let wait = if lock(&sh)
+            .get(&name)
+            .is_some_and(|e| e.health == Health::Healthy)
+        {
+            h.interval.get()
+        } else {
+            h.interval.get().min(Duration::from_secs(1))
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL everything in the container.
+async fn stop_pid(
+    sh: &Shared,
+    name: &str,
+    pid: i32,
+    exit: &mut std::pin::Pin<&mut impl std::future::Future<Output = i32>>,
+) -> i32 {
+    let _ = sh.rt.kill(name, libc::SIGTERM, false);
+    if let Ok(c) = tokio::time::timeout(STOP_TIMEOUT, exit.as_mut()).await {
+        return c;
+    }
+    tracing::warn!(
+        container = name,
+        pid,
+        "did not stop within {} s: SIGKILL",
+        STOP_TIMEOUT.as_secs()
+    );
+    let _ = sh.rt.kill(name, libc::SIGKILL, true);
+    tokio::time::timeout(Duration::from_secs(5), exit.as_mut())
+        .await
+        .unwrap_or(137)
+}
+
+/// Deletes the runtime's container and unmounts its rootfs (the upper dir stays).
+async fn cleanup(sh: &Arc<Shared>, name: &str) {
+    let sh2 = sh.clone();
+    let name = name.to_string();
+    let _ = tokio::task::spawn_blocking(move || {
+        match sh2.rt.delete(&name, true) {
+            Ok(()) | Err(berth_runtime::RuntimeError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(container = %name, "delete: {}", error_chain(&e)),
+        }
+        let _ = unmount(&sh2.paths.containers.join(&name).join("rootfs"));
+        let _ = fs::remove_dir_all(sh2.paths.run_dir.join(&name));
+    })
+    .await;
+}
+
+fn unmount(p: &Path) -> nix::Result<()> {
+    nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH)
+}
+
+fn open_reader(fifo: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(fifo)
+}
+
+/// Resolves the image (import a shipped layout, or pull), prepares the bundle and the
+/// overlay rootfs, creates and starts the container; returns its pid.
+async fn start_container(sh: &Arc<Shared>, spec: &ContainerSpec) -> Result<i32, String> {
+    let name = spec.name.clone();
+    let sref = store_ref(&spec.image);
+    let image = match &spec.image {
+        ImageRef::Shipped { name: img, tag } => {
+            let sh2 = sh.clone();
+            let (img, tag, sref2) = (
+                img.clone(),
+                tag.clone().unwrap_or_else(|| "latest".into()),
+                sref.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let dir = sh2.paths.shipped.join(&img);
+                sh2.store
+                    .import_layout(&dir, &tag, &sref2)
+                    .map_err(|e| format!("shipped image {img}: {}", error_chain(&e)))?;
+                sh2.store
+                    .unpack_image(&sref2, &sh2.platform, &Default::default())
+                    .map_err(|e| format!("shipped image {img}: {}", error_chain(&e)))
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        }
+        ImageRef::Registry { .. } => match sh.store.image(&sref, &sh.platform) {
+            Ok(i) if i.layers.len() == i.manifest.layers.len() => i,
+            _ => {
+                update(sh, &name, |e| e.message = format!("pulling {sref}"));
+                let r = Reference::parse(&sref).map_err(|e| format!("image {sref}: {e}"))?;
+                let opts = berth_registry::PullOptions {
+                    platform: sh.platform.clone(),
+                    ..Default::default()
+                };
+                sh.store
+                    .pull(&sh.client, &r, &opts)
+                    .await
+                    .map_err(|e| format!("pulling {sref}: {}", error_chain(&e)))?
+            }
+        },
+    };
+    update(sh, &name, |e| {
+        e.image_ref = sref.clone();
+        e.message.clear();
+    });
+    let sh2 = sh.clone();
+    let spec2 = spec.clone();
+    let kind = lock(sh).get(&name).map(|e| e.kind).unwrap_or(Kind::Config);
+    let (pid, reader, fifo) =
+        tokio::task::spawn_blocking(move || create_and_start(&sh2, &spec2, kind, &image))
+            .await
+            .map_err(|e| e.to_string())??;
+    let log = logs::LogFile::new(&sh.paths.logs, &name);
+    tokio::spawn(logs::pump_from(reader, fifo, log));
+    Ok(pid)
+}
+
+fn create_and_start(
+    sh: &Shared,
+    spec: &ContainerSpec,
+    kind: Kind,
+    image: &berth_registry::Image,
+) -> Result<(i32, fs::File, PathBuf), String> {
+    let name = &spec.name;
+    let io = |what: &str, p: &Path, e: io::Error| format!("{what} {}: {e}", p.display());
+    let dir = sh.paths.containers.join(name);
+    let rootfs = dir.join("rootfs");
+    let upper = dir.join("upper");
+    let work = dir.join("work");
+    // A different image than last time: start from a clean upper dir.
+    let digest_file = dir.join("image-digest");
+    let digest = image.digest.to_string();
+    if fs::read_to_string(&digest_file).ok().as_deref() != Some(digest.as_str()) {
+        let _ = unmount(&rootfs);
+        let _ = fs::remove_dir_all(&upper);
+        let _ = fs::remove_dir_all(&work);
+    }
+    for d in [&rootfs, &upper, &work] {
+        fs::create_dir_all(d).map_err(|e| io("cannot create", d, e))?;
+    }
+    fs::write(&digest_file, &digest).map_err(|e| io("cannot write", &digest_file, e))?;
+    for v in &spec.volumes {
+        let p = sh.paths.volumes.join(&v.name);
+        fs::create_dir_all(&p).map_err(|e| io("cannot create volume", &p, e))?;
+    }
+    // Leftovers of an earlier run (sysd crashed before cleaning up).
+    if sh.rt.state(name).is_ok() {
+        let _ = sh.rt.delete(name, true);
+    }
+    let _ = unmount(&rootfs);
+    let opts = berth_registry::rootfs::overlay_options(image, Some((&upper, &work)))
+        .map_err(|e| error_chain(&e))?;
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the overlay rootfs at {}: {e}",
+            rootfs.display()
+        )
+    })?;
+    let oci = bundle::build(
+        spec,
+        &bundle::Inputs {
+            rootfs: &rootfs,
+            image: &image.config,
+            volumes_dir: &sh.paths.volumes,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = dir.join("config.json");
+    let json = serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string())?;
+    fs::write(&cfg, json).map_err(|e| io("cannot write", &cfg, e))?;
+
+    // Output: a FIFO the container holds read-write (see `logs`).
+    let run = sh.paths.run_dir.join(name);
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).map_err(|e| io("cannot create", &run, e))?;
+    let fifo = run.join("log.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&fifo)
+        .map_err(|e| io("cannot open", &fifo, e))?;
+    let reader = open_reader(&fifo).map_err(|e| io("cannot open", &fifo, e))?;
+    let rw: OwnedFd = rw.into();
+    let stdio = Stdio3 {
+        stdin: fs::File::open("/dev/null")
+            .map_err(|e| io("cannot open", Path::new("/dev/null"), e))?
+            .into(),
+        stdout: rw.try_clone().map_err(|e| io("dup", &fifo, e))?,
+        stderr: rw,
+    };
+    let opts = CreateOptions {
+        cgroup_parent: Some(kind.cgroup_parent().into()),
+        stdio: Some(stdio),
+        default_profile: false,
+        ..Default::default()
+    };
+    let st = sh
+        .rt
+        .create(name, &dir, opts)
+        .map_err(|e| format!("create: {}", error_chain(&e)))?;
+    if let Err(e) = sh.rt.start(name) {
+        let _ = sh.rt.delete(name, true);
+        return Err(format!("start: {}", error_chain(&e)));
+    }
+    Ok((st.pid, reader, fifo))
+}
+
+/// Runs `argv` in container `name` with pipes for its streams; blocking.
+fn exec_capture(
+    rt: &Runtime,
+    name: &str,
+    argv: Vec<String>,
+    stdin: Vec<u8>,
+    timeout: Duration,
+) -> Result<ExecReply, ManagerError> {
+    const CAP: u64 = 8 << 20;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        ManagerError::Failed(format!("exec in {name}: {what}: {e}"))
+    };
+    let mut process = rt
+        .default_process(name)
+        .map_err(|e| failed("container state", &error_chain(&e)))?;
+    process.args = argv;
+    process.terminal = false;
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let (in_r, in_w) = pipe().map_err(|e| failed("pipe", &e))?;
+    let (out_r, out_w) = pipe().map_err(|e| failed("pipe", &e))?;
+    let (err_r, err_w) = pipe().map_err(|e| failed("pipe", &e))?;
+    let pid = rt
+        .exec(
+            name,
+            process,
+            ExecOptions {
+                stdio: Some(Stdio3 {
+                    stdin: in_r,
+                    stdout: out_w,
+                    stderr: err_w,
+                }),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| failed("start", &error_chain(&e)))?;
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::File::from(in_w);
+        let _ = f.write_all(&stdin);
+    });
+    let read = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = fs::File::from(fd).take(CAP).read_to_end(&mut v);
+            v
+        })
+    };
+    let (out_t, err_t) = (read(out_r), read(err_r));
+    // Kill it when it overstays.
+    let pidfd = crate::sys::pidfd_open(pid).ok();
+    let p = nix::unistd::Pid::from_raw(pid);
+    let status = loop {
+        if let Some(fd) = &pidfd {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(fd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
+            if matches!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)),
+                Ok(0)
+            ) {
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        match nix::sys::wait::waitpid(p, None) {
+            Ok(ws) => break exit_code(ws),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(failed("wait", &e)),
+        }
+    };
+    let _ = pidfd.map(|fd| fd.as_raw_fd());
+    let _ = writer.join();
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    Ok(ExecReply {
+        exit_code: status,
+        stdout,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependency_order() {
+        let s = |n: &str, d: &[&str]| (n.to_string(), d.iter().map(|x| x.to_string()).collect());
+        let o = start_order(&[
+            s("web", &["db", "ghost"]),
+            s("db", &["net"]),
+            s("net", &[]),
+            s("ntpd", &[]),
+        ]);
+        assert_eq!(o, ["net", "ntpd", "db", "web"]);
+        // A cycle still yields every name once.
+        let o = start_order(&[s("a", &["b"]), s("b", &["a"])]);
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn run_requests_are_validated_like_the_config() {
+        let ok = run_spec(&RunRequest {
+            image: "10.0.2.100:5000/apps/web:1".into(),
+            env: vec!["A=b".into()],
+            memory: "64M".into(),
+            cpus: "0.5".into(),
+            volumes: vec!["data:/data".into()],
+            restart: "on-failure".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.name, "web");
+        assert_eq!(ok.limits.memory.unwrap().bytes(), 64 << 20);
+        assert_eq!(ok.restart.policy, RestartPolicy::OnFailure);
+        let e = run_spec(&RunRequest {
+            name: "Bad_Name".into(),
+            image: "admin".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("name"), "{e}");
+        let e = run_spec(&RunRequest {
+            image: "admin".into(),
+            env: vec!["NOEQUALS".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn service_files_load_and_bad_ones_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a.toml"), "name = \"a\"\nimage = \"admin\"\n").unwrap();
+        fs::write(
+            d.path().join("b.toml"),
+            "name = \"b\"\nimage = \"admin\"\nbogus = 1\n",
+        )
+        .unwrap();
+        fs::write(d.path().join("README"), "not a service").unwrap();
+        let (ok, bad) = load_services(d.path());
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].contains("b.toml"), "{bad:?}");
+    }
+}
