@@ -29,13 +29,18 @@ impl Manager {
 }
 
 /// A progress callback that turns pull progress into `PullProgress` signals (at most
-/// five a second, plus the last one).
-fn pull_signals(emitter: &SignalEmitter<'_>, reference: &str) -> berth_registry::Progress {
+/// five a second, plus the last one). Await the task after the pull (once every clone of
+/// the callback is gone) so that no signal trails the method's reply: a host client that
+/// got its reply hangs up, and nothing may be left in flight on the bridged channel.
+fn pull_signals(
+    emitter: &SignalEmitter<'_>,
+    reference: &str,
+) -> (berth_registry::Progress, tokio::task::JoinHandle<()>) {
     use berth_registry::ProgressEvent;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ProgressEvent>();
     let emitter = emitter.to_owned();
     let reference = reference.to_string();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let (mut done, mut total, mut layers_done, mut layers) = (0u64, 0u64, 0u32, 0u32);
         let mut last = std::time::Instant::now() - Duration::from_secs(1);
         while let Some(ev) = rx.recv().await {
@@ -62,9 +67,15 @@ fn pull_signals(emitter: &SignalEmitter<'_>, reference: &str) -> berth_registry:
             }
         }
     });
-    std::sync::Arc::new(move |ev| {
+    let progress: berth_registry::Progress = std::sync::Arc::new(move |ev| {
         let _ = tx.send(ev);
-    })
+    });
+    (progress, task)
+}
+
+/// Waits (briefly) for the signal task of [`pull_signals`] to drain.
+async fn drain(task: tokio::task::JoinHandle<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
 
 #[zbus::interface(name = "org.berth.Manager1")]
@@ -113,8 +124,11 @@ impl Manager {
         request: RunRequest,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<String, ManagerError> {
-        let progress = pull_signals(&emitter, &request.image);
-        Ok(self.containers()?.run(&request, progress).await?)
+        let c = self.containers()?;
+        let (progress, task) = pull_signals(&emitter, &request.image);
+        let r = c.run(&request, progress).await;
+        drain(task).await;
+        Ok(r?)
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<(), ManagerError> {
@@ -146,8 +160,11 @@ impl Manager {
         reference: &str,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<ImageInfo, ManagerError> {
-        let progress = pull_signals(&emitter, reference);
-        Ok(self.containers()?.pull(reference, progress).await?)
+        let c = self.containers()?;
+        let (progress, task) = pull_signals(&emitter, reference);
+        let r = c.pull(reference, progress).await;
+        drain(task).await;
+        Ok(r?)
     }
 
     async fn remove_image(&self, name: &str) -> Result<(), ManagerError> {

@@ -5,6 +5,8 @@
 //! Inputs (set by `make system-test`): `BERTH_IMAGE` (default `build/x86_64/berth.img`) and
 //! `BERTH_OSCTL` (default `target/debug/osctl`). A missing image fails the test loudly.
 
+pub mod registry;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -146,6 +148,46 @@ impl Vm {
             .args(args)
             .output()
             .expect("running osctl")
+    }
+
+    /// Run osctl and return its stdout; panics with its stderr when it fails.
+    pub fn osctl_ok(&self, args: &[&str]) -> String {
+        let out = self.osctl(args);
+        assert!(
+            out.status.success(),
+            "osctl {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `osctl -o json ARGS`, parsed.
+    pub fn osctl_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["-o", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.osctl_ok(&a)).expect("osctl JSON")
+    }
+
+    /// Poll `f` every 500 ms until it returns `Some`, or panic with `what` after `timeout`.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// `osctl -o json status`, parsed; panics if osctl fails.

@@ -306,6 +306,19 @@ impl Manager {
             fs::create_dir_all(d)
                 .map_err(|e| ManagerError::Failed(format!("cannot create {}: {e}", d.display())))?;
         }
+        // Every controller for the containers' cgroups, so `osctl stats` has all counters
+        // even for containers without limits (cgroup v2: enabled per parent).
+        if let Ok(root) = berth_runtime::cgroup::find_root() {
+            for parent in [Kind::System.cgroup_parent(), Kind::Run.cgroup_parent()] {
+                let d = root.join(parent);
+                let _ = fs::create_dir_all(&d);
+                for c in ["+cpu", "+io", "+memory", "+pids"] {
+                    if let Err(e) = fs::write(d.join("cgroup.subtree_control"), c) {
+                        tracing::debug!("{c} in {}: {e}", d.display());
+                    }
+                }
+            }
+        }
         let (changed, _) = watch::channel(0);
         Ok(Manager {
             sh: Arc::new(Shared {

@@ -1,0 +1,141 @@
+//! A real OCI registry on loopback for whole-system tests (Debian's `docker-registry`),
+//! and workload images built with the peer tools `umoci` and `skopeo` (no Docker). The
+//! guest reaches it as `10.0.2.100:5000` through `qemu/run.sh --registry-port`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Address under which guests reach the registry.
+pub const GUEST_REGISTRY: &str = "10.0.2.100:5000";
+
+/// Run `cmd`, panic with its output when it fails.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `docker-registry` process with its storage in a temp dir; stopped on drop.
+pub struct LocalRegistry {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl LocalRegistry {
+    /// Start on a free port under `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        let cfg_path = dir.join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "docker-registry (Debian package docker-registry; make deps) must be installed",
+            );
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "docker-registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LocalRegistry {
+            port,
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Build a busybox image (Debian's busybox-static, `sh` and the common applets) with
+    /// `umoci` for `arch` (amd64 or arm64: the binary is taken from `busybox` at that
+    /// path) and push it with `skopeo` as `REPO:TAG`.
+    pub fn push_busybox(&self, busybox: &Path, arch: &str, repo_tag: &str) {
+        let (repo, tag) = repo_tag.split_once(':').unwrap_or((repo_tag, "latest"));
+        let layout = self.dir.join(format!("layout-{}", repo.replace('/', "-")));
+        let img = format!("{}:{tag}", layout.display());
+        if !layout.join("index.json").exists() {
+            sh(Command::new("umoci")
+                .args(["init", "--layout"])
+                .arg(&layout));
+        }
+        sh(Command::new("umoci").args(["new", "--image", &img]));
+        let bundle = self
+            .dir
+            .join(format!("bundle-{}-{tag}", repo.replace('/', "-")));
+        let _ = std::fs::remove_dir_all(&bundle);
+        sh(Command::new("umoci")
+            .args(["unpack", "--image", &img])
+            .arg(&bundle));
+        let rootfs = bundle.join("rootfs");
+        for d in ["bin", "tmp", "etc", "data"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "ls", "sleep", "ps", "id", "hostname", "wc", "seq", "true",
+            "mkdir", "grep", "touch",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
+        sh(Command::new("umoci")
+            .args(["repack", "--image", &img])
+            .arg(&bundle));
+        sh(Command::new("umoci").args([
+            "config",
+            "--image",
+            &img,
+            "--architecture",
+            arch,
+            "--os",
+            "linux",
+            "--config.cmd",
+            "sh",
+            "--config.env",
+            "FROM_IMAGE=yes",
+        ]));
+        sh(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{img}"))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host())));
+    }
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

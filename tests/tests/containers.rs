@@ -1,0 +1,184 @@
+//! Whole-system test of sysd and osctl: system containers from the shipped images,
+//! a workload pulled from a real registry on loopback, logs, stats, exec, restart
+//! policy and crash-loop reporting, a sysd crash that leaves containers running, and
+//! a reboot that brings `osctl run` workloads back.
+
+use berth_tests::registry::{LocalRegistry, GUEST_REGISTRY};
+use berth_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn container<'a>(ps: &'a Value, name: &str) -> Option<&'a Value> {
+    ps.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+fn state(vm: &Vm, name: &str) -> (String, i64, Value) {
+    let ps = vm.osctl_json(&["ps"]);
+    let c = container(&ps, name).cloned().unwrap_or(Value::Null);
+    (
+        c["state"].as_str().unwrap_or("").to_string(),
+        c["pid"].as_i64().unwrap_or(0),
+        c,
+    )
+}
+
+#[test]
+fn containers_run_log_restart_and_survive() {
+    let image = image();
+    let dir = root().join("target/system-tests/containers-registry");
+    let reg = LocalRegistry::start(&dir);
+    reg.push_busybox(
+        std::path::Path::new("/bin/busybox"),
+        "amd64",
+        "test/busybox:1",
+    );
+    let cfg = dir.join("berth.toml");
+    std::fs::write(
+        &cfg,
+        format!("[registries.\"{GUEST_REGISTRY}\"]\ninsecure = true\n"),
+    )
+    .unwrap();
+    let vm = Vm::boot(
+        "containers",
+        &image,
+        &BootOpts {
+            config: Some(cfg),
+            extra: vec!["--registry-port".into(), reg.port.to_string()],
+            ..Default::default()
+        },
+    );
+    vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+
+    // System containers from the shipped images come up by themselves.
+    let ps = vm.wait_for(
+        "system containers running",
+        Duration::from_secs(120),
+        || {
+            let ps = vm.osctl_json(&["ps"]);
+            let up = |n: &str| container(&ps, n).is_some_and(|c| c["state"] == "running");
+            (up("admin") && up("ntpd")).then_some(ps)
+        },
+    );
+    assert_eq!(container(&ps, "admin").unwrap()["kind"], "system", "{ps:#}");
+    let text = vm.osctl_ok(&["ps"]);
+    assert!(text.starts_with("NAME"), "{text}");
+    // exec in the debug image; the default profile is in force (no CAP_SYS_ADMIN).
+    let out = vm.osctl_ok(&[
+        "exec",
+        "admin",
+        "--",
+        "sh",
+        "-c",
+        "echo hi-from-admin; grep CapEff /proc/self/status",
+    ]);
+    assert!(out.contains("hi-from-admin"), "{out}");
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    let out = vm.osctl(&["exec", "admin", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+
+    // A workload from the registry with a memory limit and a volume.
+    let web = format!("{GUEST_REGISTRY}/test/busybox:1");
+    let script = "echo hello-from-web $FROM_IMAGE $GREETING; echo persisted > /data/file; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
+    vm.osctl_ok(&[
+        "run",
+        &web,
+        "--name",
+        "web",
+        "--memory",
+        "64M",
+        "--env",
+        "GREETING=hi",
+        "--volume",
+        "webdata:/data",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let (st, web_pid, c) = state(&vm, "web");
+    assert_eq!(st, "running", "{c:#}");
+    assert!(web_pid > 0);
+    let logs = vm.wait_for("web output in its log", Duration::from_secs(60), || {
+        let l = vm.osctl_ok(&["logs", "web"]);
+        (l.contains("tick 2")).then_some(l)
+    });
+    assert!(logs.contains("hello-from-web yes hi"), "{logs}");
+    let tail = vm.osctl_ok(&["logs", "--tail", "1", "web"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    let stats = vm.osctl_json(&["stats"]);
+    let s = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap_or_else(|| panic!("no stats for web: {stats:#}"));
+    assert_eq!(s["memory_max"], 64 << 20, "{s:#}");
+    assert!(s["pids"].as_u64().unwrap() >= 1, "{s:#}");
+    let images = vm.osctl_ok(&["images"]);
+    assert!(images.contains("test/busybox:1"), "{images}");
+
+    // Restart policy: a container that keeps failing is reported as a crash loop.
+    let out = vm.osctl(&[
+        "run",
+        &web,
+        "--name",
+        "crasher",
+        "--",
+        "sh",
+        "-c",
+        "echo dying; exit 3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = vm.wait_for("crash loop reported", Duration::from_secs(90), || {
+        let (_, _, c) = state(&vm, "crasher");
+        (c["restarts"].as_u64().unwrap_or(0) >= 3
+            && c["message"].as_str().unwrap_or("").contains("crash loop"))
+        .then_some(c)
+    });
+    assert_eq!(c["exit_code"], 3, "{c:#}");
+    vm.osctl_ok(&["rm", "--force", "crasher"]);
+
+    // stop/start.
+    vm.osctl_ok(&["stop", "web"]);
+    assert_eq!(state(&vm, "web").0, "stopped");
+    vm.osctl_ok(&["start", "web"]);
+    let (st, web_pid, _) = state(&vm, "web");
+    assert_eq!(st, "running");
+
+    // sysd dies: PID 1 restarts it, the container keeps running and is adopted.
+    vm.osctl_ok(&["debug", "kill-sysd"]);
+    vm.wait_serial("sysd ready again", Duration::from_secs(120));
+    let (st, pid_after, c) = state(&vm, "web");
+    assert_eq!((st.as_str(), pid_after), ("running", web_pid), "{c:#}");
+    let before = vm.osctl_ok(&["logs", "web"]).matches("tick").count();
+    let more = vm.wait_for(
+        "web logs after sysd restart",
+        Duration::from_secs(60),
+        || {
+            let n = vm.osctl_ok(&["logs", "web"]).matches("tick").count();
+            (n > before + 2).then_some(n)
+        },
+    );
+    assert!(more > before);
+
+    // Reboot: the `osctl run` workload comes back, its volume kept its data.
+    vm.osctl_ok(&["reboot"]);
+    vm.wait_serial_n("berth: ready", 2, BOOT_TIMEOUT);
+    vm.wait_for("web running after reboot", Duration::from_secs(120), || {
+        (state(&vm, "web").0 == "running").then_some(())
+    });
+    let out = vm.osctl_ok(&["exec", "web", "--", "cat", "/data/file"]);
+    assert_eq!(out.trim(), "persisted");
+
+    // rm refuses a running workload without --force; rmi refuses an image in use.
+    assert!(!vm.osctl(&["rm", "web"]).status.success());
+    assert!(!vm.osctl(&["rmi", &web]).status.success());
+    vm.osctl_ok(&["rm", "--force", "web"]);
+    assert!(state(&vm, "web").0.is_empty());
+    vm.osctl_ok(&["rmi", &web]);
+    assert!(!vm.osctl_ok(&["images"]).contains("test/busybox"));
+}
