@@ -26,7 +26,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(start, ready)) {
+    let res = rt.block_on(run(start, ready));
+    // Threads still waiting on container processes must not hold up the exit (dropping
+    // the runtime would wait for them).
+    rt.shutdown_background();
+    match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("sysd: {e:#}");
@@ -101,7 +105,8 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
     term.recv().await;
     tracing::info!("sysd stopping (SIGTERM): stopping containers");
     if let Some(m) = &containers {
-        m.shutdown().await;
+        // PID 1 allows 20 s before it kills sysd.
+        m.shutdown(std::time::Duration::from_secs(16)).await;
     }
     tracing::info!("sysd stopped");
     Ok(())

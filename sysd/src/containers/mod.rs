@@ -806,8 +806,11 @@ impl Manager {
         Ok(())
     }
 
-    /// Stop everything, in reverse dependency order (sysd is shutting down).
-    pub async fn shutdown(&self) {
+    /// Stop everything (sysd is shutting down): SIGTERM in reverse dependency order,
+    /// giving each container a moment before the next, then wait for all of them (SIGKILL
+    /// after [`STOP_TIMEOUT`]); returns within `budget`.
+    pub async fn shutdown(&self, budget: Duration) {
+        let deadline = tokio::time::Instant::now() + budget;
         let order = {
             let e = lock(&self.sh);
             start_order(
@@ -816,14 +819,25 @@ impl Manager {
                     .collect::<Vec<_>>(),
             )
         };
+        let is_up = |name: &str| {
+            lock(&self.sh)
+                .get(name)
+                .is_some_and(|e| !matches!(e.state, "stopped" | "exited" | "failed" | "crash-loop"))
+        };
+        let mut stopping = Vec::new();
         for name in order.iter().rev() {
-            let running = lock(&self.sh).get(name).is_some_and(|e| {
-                !matches!(e.state, "stopped" | "exited" | "failed" | "crash-loop")
-            });
-            if running && self.send(name, Cmd::Stop).is_ok() {
-                self.wait_state(name, &["stopped"], Duration::from_secs(8))
-                    .await;
+            if is_up(name) && self.send(name, Cmd::Stop).is_ok() {
+                let _ = tokio::time::timeout_at(
+                    deadline,
+                    self.wait_state(name, &["stopped"], Duration::from_secs(1)),
+                )
+                .await;
+                stopping.push(name.clone());
             }
+        }
+        for name in stopping {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.wait_state(&name, &["stopped"], left).await;
         }
     }
 }
