@@ -203,6 +203,9 @@ pub trait Manager {
     fn pull(&self, reference: &str) -> Result<ImageInfo, ManagerError>;
     /// Remove an image that no container uses, and garbage-collect its blobs.
     fn remove_image(&self, name: &str) -> Result<(), ManagerError>;
+    /// The config in force: (where it came from, its TOML text, what happened to the
+    /// last change: empty, or `applied`/`reverted: REASON`).
+    fn config(&self) -> Result<(String, String, String), ManagerError>;
     /// Progress of a running pull: bytes done and total, layers done and total.
     #[zbus(signal)]
     fn pull_progress(

@@ -118,6 +118,10 @@ enum Cmd {
     Pull { image: String },
     /// Remove an image no container uses.
     Rmi { image: String },
+    /// The machine config: show the one in force, or validate a file with exactly the
+    /// node's rules (works offline, no machine needed).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
     /// Ordered reboot: stop all containers, unmount, reboot.
@@ -127,6 +131,14 @@ enum Cmd {
     /// Diagnostics and recovery drills.
     #[command(subcommand)]
     Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the config in force and where it came from.
+    Show,
+    /// Check a config file; errors name the key path and line. Needs no connection.
+    Validate { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +172,9 @@ async fn run(cli: Cli) -> ExitCode {
     if let Cmd::Completions { shell } = cli.cmd {
         clap_complete::generate(shell, &mut Cli::command(), "osctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Config(ConfigCmd::Validate { file }) = &cli.cmd {
+        return validate(file, cli.output);
     }
     let addr = match Address::parse(&cli.connect) {
         Ok(a) => a,
@@ -289,12 +304,62 @@ async fn run(cli: Cli) -> ExitCode {
             .remove_image(&image)
             .await
             .map(|_| done(cli.output, &format!("{image} removed"))),
-        Cmd::Completions { .. } => Ok(()),
+        Cmd::Config(ConfigCmd::Show) => {
+            m.config()
+                .await
+                .map(|(source, text, outcome)| match cli.output {
+                    Output::Json => json(&serde_json::json!({
+                        "source": source, "config": text, "last_change": outcome,
+                    })),
+                    Output::Text => {
+                        println!("# source: {source}");
+                        if !outcome.is_empty() {
+                            println!("# last change: {outcome}");
+                        }
+                        print!("{text}");
+                    }
+                })
+        }
+        Cmd::Completions { .. } | Cmd::Config(ConfigCmd::Validate { .. }) => Ok(()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("osctl: {e}");
+            ExitCode::from(Exit::Failed as u8)
+        }
+    }
+}
+
+/// `osctl config validate FILE`: the node's own parser and checks.
+fn validate(file: &std::path::Path, out: Output) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("osctl: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match berth_config::parse(&text) {
+        Ok(_) => {
+            match out {
+                Output::Json => json(&serde_json::json!({ "valid": true, "errors": [] })),
+                Output::Text => println!("{}: valid", file.display()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            match out {
+                Output::Json => json(&serde_json::json!({
+                    "valid": false,
+                    "errors": errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                })),
+                Output::Text => {
+                    for e in &errs.0 {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                }
+            }
             ExitCode::from(Exit::Failed as u8)
         }
     }

@@ -171,6 +171,29 @@ impl Manager {
         Ok(self.containers()?.remove_image(name)?)
     }
 
+    async fn config(&self) -> Result<(String, String, String), ManagerError> {
+        let store = berth_config::store::Store::new(Path::new("/var"));
+        let text = store
+            .current()
+            .map_err(|e| ManagerError::Failed(format!("reading the config: {e}")))?
+            .unwrap_or_default();
+        let boot = std::fs::read_to_string(berth_api::BOOT_INFO_PATH)
+            .ok()
+            .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
+            .unwrap_or_default();
+        let source = if text.is_empty() {
+            "defaults (no config)".to_string()
+        } else {
+            boot.config_source
+        };
+        let outcome = match store.last_outcome() {
+            Ok(Some(o)) if o.reason.is_empty() => o.result,
+            Ok(Some(o)) => format!("{}: {}", o.result, o.reason),
+            _ => String::new(),
+        };
+        Ok((source, text, outcome))
+    }
+
     #[zbus(signal)]
     async fn pull_progress(
         emitter: &SignalEmitter<'_>,
