@@ -60,6 +60,9 @@ pub struct Status {
     pub required_services: Vec<(String, String)>,
     /// Every required service is healthy.
     pub healthy: bool,
+    /// The last `osctl config apply`: `on trial (N s left)`, `applied`, `reverted: WHY`,
+    /// or empty when there was none.
+    pub config_change: String,
 }
 
 /// One container, as `osctl ps` shows it.
@@ -206,6 +209,9 @@ pub trait Manager {
     /// The config in force: (where it came from, its TOML text, what happened to the
     /// last change: empty, or `applied`/`reverted: REASON`).
     fn config(&self) -> Result<(String, String, String), ManagerError>;
+    /// Validate `config` (TOML) with the node's rules, apply it live on trial, and keep it
+    /// only if the node is healthy within `deadline` seconds (0 = default 120).
+    fn config_apply(&self, config: &str, deadline: u32) -> Result<String, ManagerError>;
     /// Progress of a running pull: bytes done and total, layers done and total.
     #[zbus(signal)]
     fn pull_progress(

@@ -13,6 +13,7 @@
 //!
 //! `docs/CONFIG.md` documents every key; a test parses its example.
 
+pub mod apply;
 pub mod datasource;
 mod error;
 pub mod render;

@@ -96,6 +96,22 @@ pub fn run() -> ! {
 
 /// Load (first boot: discover, validate, persist) and apply the machine config.
 fn apply_config(info: &mut BootInfo) {
+    // A config put on trial by `osctl config apply` in an earlier boot never became
+    // healthy (the node rebooted first): back to the last known good one.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match berth_config::store::Store::new(Path::new("/var")).check_at_boot(info.boot_count, now) {
+        Ok(berth_config::store::BootCheck::Reverted) => {
+            let m = "config: the config on trial did not become healthy before a reboot; \
+                     reverted to the last known good one";
+            console::warn(m);
+            info.warnings.push(m.into());
+        }
+        Ok(_) => {}
+        Err(e) => console::warn(&format!("config: cannot check the config trial: {e}")),
+    }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let loaded = config::load(Path::new("/var"), &cmdline);
     if let Some(e) = &loaded.error {

@@ -164,6 +164,9 @@ pub fn format_status(s: &berth_api::Status) -> String {
         );
     }
     line("config", s.config_source.clone());
+    if !s.config_change.is_empty() {
+        line("config change", s.config_change.clone());
+    }
     if !s.config_error.is_empty() {
         line("config error", s.config_error.clone());
     }

@@ -139,6 +139,16 @@ enum ConfigCmd {
     Show,
     /// Check a config file; errors name the key path and line. Needs no connection.
     Validate { file: std::path::PathBuf },
+    /// Apply a config file to the running machine on trial: validated first (nothing
+    /// changes if it is invalid), then applied live; kept once the machine is healthy
+    /// (required services healthy, configured interfaces addressed), otherwise reverted
+    /// to the last known good config after the deadline, also across a reboot.
+    Apply {
+        file: std::path::PathBuf,
+        /// Seconds the machine has to become healthy.
+        #[arg(long, default_value_t = 120)]
+        deadline: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +330,16 @@ async fn run(cli: Cli) -> ExitCode {
                     }
                 })
         }
+        Cmd::Config(ConfigCmd::Apply { file, deadline }) => match std::fs::read_to_string(&file) {
+            Ok(text) => m
+                .config_apply(&text, deadline)
+                .await
+                .map(|msg| done(cli.output, &msg)),
+            Err(e) => {
+                eprintln!("osctl: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
         Cmd::Completions { .. } | Cmd::Config(ConfigCmd::Validate { .. }) => Ok(()),
     };
     match res {

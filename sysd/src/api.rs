@@ -18,6 +18,8 @@ pub struct Manager {
     pub sysd_start: u32,
     /// The container manager; `None` in tests of the bare API.
     pub containers: Option<crate::containers::Manager>,
+    /// Config and network state; `None` in tests of the bare API.
+    pub node: Option<std::sync::Arc<crate::node::Node>>,
 }
 
 impl Manager {
@@ -90,6 +92,7 @@ impl Manager {
             s.required_services = req;
             s.healthy = healthy;
         }
+        s.config_change = crate::node::config_change(Path::new("/var"));
         Ok(s)
     }
 
@@ -192,6 +195,19 @@ impl Manager {
             _ => String::new(),
         };
         Ok((source, text, outcome))
+    }
+
+    async fn config_apply(&self, config: &str, deadline: u32) -> Result<String, ManagerError> {
+        let node = self
+            .node
+            .as_ref()
+            .ok_or_else(|| ManagerError::Failed("config changes are not managed here".into()))?;
+        let deadline = if deadline == 0 {
+            berth_config::store::DEFAULT_DEADLINE_SECS
+        } else {
+            deadline.into()
+        };
+        node.apply(config, deadline).await
     }
 
     #[zbus(signal)]

@@ -46,7 +46,6 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
     if let Some(p) = &config_problem {
         tracing::error!("config: {p}");
     }
-    tokio::spawn(berth_sysd::node::run_network(config.clone()));
     let paths = berth_sysd::containers::Paths::node();
     let containers = match berth_sysd::containers::Manager::new(
         paths.clone(),
@@ -58,6 +57,13 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             None
         }
     };
+    let boot = std::fs::read_to_string(berth_api::BOOT_INFO_PATH)
+        .ok()
+        .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
+        .map(|b| b.boot_count)
+        .unwrap_or(0);
+    let node = berth_sysd::node::Node::new(config.clone(), containers.clone(), boot);
+    node.start_network();
     let socket = Path::new(berth_api::SOCKET_PATH);
     let listener = berth_sysd::api::listen(socket)?;
     tokio::spawn(berth_sysd::api::serve(
@@ -65,6 +71,7 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         berth_sysd::api::Manager {
             sysd_start: start,
             containers: containers.clone(),
+            node: Some(node.clone()),
         },
     ));
 
@@ -102,6 +109,7 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             tracing::error!("containers: {p}");
         }
     }
+    node.resume();
     term.recv().await;
     tracing::info!("sysd stopping (SIGTERM): stopping containers");
     if let Some(m) = &containers {

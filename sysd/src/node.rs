@@ -144,3 +144,205 @@ pub async fn network_status() -> (Vec<String>, String) {
         ),
     }
 }
+
+/// The node-wide state sysd owns: the network task, the config trial, and the containers.
+pub struct Node {
+    /// The container manager, when containers can run.
+    pub containers: Option<crate::containers::Manager>,
+    network: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    store: berth_config::store::Store,
+    boot: u64,
+    config: std::sync::Mutex<Config>,
+}
+
+/// What happened to the last `osctl config apply`, for `osctl status`.
+pub fn config_change(var: &Path) -> String {
+    let store = berth_config::store::Store::new(var);
+    if let Ok(Some(t)) = store.trial() {
+        let left = (t.started + t.deadline).saturating_sub(unix_now());
+        return format!("on trial ({left} s left)");
+    }
+    match store.last_outcome() {
+        Ok(Some(o)) if o.reason.is_empty() => o.result,
+        Ok(Some(o)) => format!("{}: {}", o.result, o.reason),
+        _ => String::new(),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// The node with `config` in force (boot number `boot`, from PID 1's boot record).
+    pub fn new(
+        config: Config,
+        containers: Option<crate::containers::Manager>,
+        boot: u64,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Node {
+            containers,
+            network: std::sync::Mutex::new(None),
+            store: berth_config::store::Store::new(Path::new("/var")),
+            boot,
+            config: std::sync::Mutex::new(config),
+        })
+    }
+
+    fn config(&self) -> Config {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// (Re)start the network from the config in force.
+    pub fn start_network(&self) {
+        let task = tokio::spawn(run_network(self.config()));
+        if let Some(old) = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Whether the node is healthy with the config in force: every required service is
+    /// healthy and every interface the config manages (every non-loopback one when it
+    /// names none) has an IPv4 address.
+    pub async fn healthy(&self) -> Result<(), String> {
+        if let Some(c) = &self.containers {
+            let (req, ok) = c.required_health();
+            if !ok {
+                let bad: Vec<String> = req
+                    .iter()
+                    .filter(|(_, h)| h != "healthy")
+                    .map(|(n, h)| format!("{n} {h}"))
+                    .collect();
+                return Err(format!("required services not healthy: {}", bad.join(", ")));
+            }
+        }
+        let config = self.config();
+        let nl = berth_net::Netlink::connect().map_err(|e| e.to_string())?;
+        let st = nl.status().await.map_err(|e| e.to_string())?;
+        let managed: Vec<_> = st
+            .interfaces
+            .iter()
+            .filter(|i| berth_net::entry_for(&config.network, &i.link).is_some())
+            .collect();
+        if managed.is_empty() {
+            return Err("no network interface is configured".into());
+        }
+        for i in managed {
+            if !i.addresses.iter().any(|a| a.addr.is_ipv4()) {
+                return Err(format!("{} has no IPv4 address", i.link.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// At sysd start: resume a trial begun in this boot (sysd restarted), or, with no
+    /// trial open, record the config as last known good once the node is healthy.
+    pub fn resume(self: &std::sync::Arc<Self>) {
+        match self.store.trial() {
+            Ok(Some(t)) if t.boot == self.boot => {
+                tokio::spawn(self.clone().watch_trial(t));
+            }
+            Ok(_) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        if me.healthy().await.is_ok() {
+                            if let Err(e) = me.store.mark_good(unix_now()) {
+                                tracing::warn!("cannot record the last known good config: {e}");
+                            }
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("config trial state: {e}"),
+        }
+    }
+
+    /// `osctl config apply`: validate with the node's rules, put the new config on trial,
+    /// apply it live (hostname, sysctls, files, network, registries, workloads), and keep
+    /// it only if the node is healthy within `deadline` seconds; otherwise revert to the
+    /// last known good config and reboot into it.
+    pub async fn apply(
+        self: &std::sync::Arc<Self>,
+        text: &str,
+        deadline: u64,
+    ) -> Result<String, berth_api::ManagerError> {
+        use berth_api::ManagerError;
+        let config = berth_config::parse(text).map_err(|e| {
+            ManagerError::Invalid(format!("config rejected, nothing changed:\n{e}"))
+        })?;
+        let trial = self
+            .store
+            .begin_trial(&config, self.boot, unix_now(), deadline)
+            .map_err(|e| ManagerError::Invalid(format!("{e}; wait for it to finish")))?;
+        tracing::info!("config on trial for {deadline} s");
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        let mut problems =
+            berth_config::apply::apply(&config, Path::new("/proc/sys"), Path::new("/"));
+        if let Err(e) = nix::unistd::sethostname(config.host.hostname()) {
+            problems.push(format!("host.hostname: {e}"));
+        }
+        self.start_network();
+        if let Some(c) = &self.containers {
+            c.set_client(registry_client(&config));
+            problems.extend(c.sync_config(config.containers.clone()).await);
+        }
+        for p in &problems {
+            tracing::warn!("config apply: {p}");
+        }
+        tokio::spawn(self.clone().watch_trial(trial));
+        let mut msg = format!(
+            "config applied on trial: it is kept once the node is healthy, reverted after {deadline} s otherwise"
+        );
+        for p in problems {
+            msg.push_str(&format!("\nwarning: {p}"));
+        }
+        Ok(msg)
+    }
+
+    async fn watch_trial(self: std::sync::Arc<Self>, trial: berth_config::store::Trial) {
+        loop {
+            match self.healthy().await {
+                Ok(()) => {
+                    match self.store.mark_good(unix_now()) {
+                        Ok(()) => tracing::info!("config trial: healthy; kept as last known good"),
+                        Err(e) => tracing::warn!("config trial: cannot record success: {e}"),
+                    }
+                    return;
+                }
+                Err(why) if trial.expired(unix_now()) => {
+                    let reason = format!(
+                        "not healthy within {} s ({why}); reverted to the last known good config",
+                        trial.deadline
+                    );
+                    tracing::error!("config trial: {reason}; rebooting into it");
+                    if let Err(e) = self.store.revert(&reason, unix_now()) {
+                        tracing::error!("config trial: cannot revert: {e}");
+                        return;
+                    }
+                    // PID 1 applies the restored config at boot, with nothing left over
+                    // from the failed one.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(1),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                    return;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+            }
+        }
+    }
+}

@@ -10,6 +10,7 @@ async fn status_over_a_socket_pair() {
         berth_sysd::api::Manager {
             sysd_start: 7,
             containers: None,
+            node: None,
         },
     ));
     let conn = zbus::connection::Builder::unix_stream(client_end)
@@ -47,6 +48,7 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
         berth_sysd::api::Manager {
             sysd_start: 1,
             containers: None,
+            node: None,
         },
     ));
     tokio::time::advance(berth_sysd::api::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1))

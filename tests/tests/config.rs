@@ -51,6 +51,53 @@ fn fw_cfg_config_is_applied_and_persisted() {
     assert_eq!(st["config_source"], "persisted", "{st:#}");
     assert_eq!(st["hostname"], "node-7");
     let _ = std::fs::remove_file(cfg);
+
+    // `osctl config validate` uses the node's rules, offline.
+    let bad = write_config("bad-host.toml", "[host]\nhostname = \"Not_Valid\"\n");
+    let out = vm.osctl(&["config", "validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host.hostname"));
+    // ...and `apply` refuses it with nothing changed.
+    assert!(!vm
+        .osctl(&["config", "apply", bad.to_str().unwrap()])
+        .status
+        .success());
+
+    // A good change is applied live and kept once the node is healthy.
+    let next = write_config(
+        "node8.toml",
+        "[host]\nhostname = \"node-8\"\n\n[sysctl]\n\"vm.swappiness\" = 21\n",
+    );
+    vm.osctl_ok(&["config", "apply", next.to_str().unwrap()]);
+    assert_eq!(vm.status()["hostname"], "node-8");
+    vm.wait_for("the new config kept", Duration::from_secs(120), || {
+        (vm.status()["config_change"] == "applied").then_some(())
+    });
+    let shown = vm.osctl_ok(&["config", "show"]);
+    assert!(shown.contains("node-8"), "{shown}");
+
+    // A change that leaves a required service unhealthy is reverted after the deadline,
+    // and the node reboots into the last known good config.
+    let broken = write_config(
+        "broken.toml",
+        "[host]\nhostname = \"node-9\"\n\n[[containers]]\nname = \"needed\"\nimage = \"admin\"\ncommand = [\"false\"]\nrequired_for_boot = true\nrestart = { policy = \"never\" }\n",
+    );
+    vm.osctl_ok(&[
+        "config",
+        "apply",
+        "--deadline",
+        "15",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(vm.status()["hostname"], "node-9");
+    vm.wait_serial_n("berth: ready", 3, BOOT_TIMEOUT);
+    let st = vm.status();
+    assert_eq!(st["hostname"], "node-8", "{st:#}");
+    let change = st["config_change"].as_str().unwrap_or("").to_string();
+    assert!(
+        change.starts_with("reverted:") && change.contains("needed"),
+        "{st:#}"
+    );
 }
 
 /// An invalid config at first boot: the error names the key path and line on the console

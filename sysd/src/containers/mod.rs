@@ -144,7 +144,7 @@ struct Shared {
     changed: watch::Sender<u64>,
     rt: Runtime,
     store: Store,
-    client: Client,
+    client: Mutex<Client>,
     paths: Paths,
     platform: Platform,
 }
@@ -326,11 +326,56 @@ impl Manager {
                 changed,
                 rt: Runtime::new(&paths.runtime_root),
                 store,
-                client,
+                client: Mutex::new(client),
                 paths,
                 platform: Platform::host(),
             }),
         })
+    }
+
+    fn client(&self) -> Client {
+        self.sh
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New registry settings (a config change).
+    pub fn set_client(&self, client: Client) {
+        *self.sh.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    /// Make the config's workloads what `specs` says: remove those no longer defined,
+    /// replace changed ones, start new ones. System services and `osctl run` workloads
+    /// are left alone. Returns problems (name clashes).
+    pub async fn sync_config(&self, specs: Vec<ContainerSpec>) -> Vec<String> {
+        let current: Vec<(String, ContainerSpec, watch::Receiver<bool>)> = lock(&self.sh)
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::Config)
+            .map(|(n, e)| (n.clone(), e.spec.clone(), e.done.clone()))
+            .collect();
+        for (name, old, mut done) in current {
+            if specs.contains(&old) {
+                continue;
+            }
+            tracing::info!(container = %name, "config changed: removing the old definition");
+            if self.send(&name, Cmd::Remove).is_ok() {
+                let _ = tokio::time::timeout(
+                    STOP_TIMEOUT + Duration::from_secs(10),
+                    done.wait_for(|d| *d),
+                )
+                .await;
+            }
+            lock(&self.sh).remove(&name);
+            touch(&self.sh);
+        }
+        let new: Vec<(ContainerSpec, Kind)> = specs
+            .into_iter()
+            .filter(|s| !lock(&self.sh).contains_key(&s.name))
+            .map(|s| (s, Kind::Config))
+            .collect();
+        self.launch(new)
     }
 
     /// Definitions of `osctl run` workloads kept on the state partition.
@@ -692,7 +737,7 @@ impl Manager {
         let img = self
             .sh
             .store
-            .pull(&self.sh.client, &r, &opts)
+            .pull(&self.client(), &r, &opts)
             .await
             .map_err(|e| ManagerError::Failed(error_chain(&e)))?;
         Ok(ImageInfo {
@@ -1368,8 +1413,9 @@ async fn start_container(sh: &Arc<Shared>, spec: &ContainerSpec) -> Result<i32, 
                     platform: sh.platform.clone(),
                     ..Default::default()
                 };
+                let client = sh.client.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 sh.store
-                    .pull(&sh.client, &r, &opts)
+                    .pull(&client, &r, &opts)
                     .await
                     .map_err(|e| format!("pulling {sref}: {}", error_chain(&e)))?
             }
