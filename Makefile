@@ -2,8 +2,24 @@
 # Both install the Debian packages they need when missing (as root, or via sudo).
 
 ARCH      ?= x86_64
+# cloud: Debian's cloud kernel, virtio only. metal: the generic kernel with storage and NIC
+# drivers for real hardware (kernel-config/modules-metal.txt), firmware, UART osctl channel.
 PROFILE   ?= cloud
+ifeq ($(PROFILE),metal)
+BUILD     := build/$(ARCH)-metal
+KERNEL_FLAVOUR := generic
+CMDLINE   := kernel-config/cmdline-$(ARCH)-metal.txt
+# Firmware the metal drivers load at boot (r8169: rtl_nic/*, bnx2: bnx2/*), from Debian's
+# non-free-firmware component (redistributable); only the files the modules name are used.
+FIRMWARE_PKGS := firmware-realtek firmware-bnx2
+else ifeq ($(PROFILE),cloud)
 BUILD     := build/$(ARCH)
+KERNEL_FLAVOUR := cloud
+CMDLINE   := kernel-config/cmdline-$(ARCH).txt
+FIRMWARE_PKGS :=
+else
+$(error PROFILE must be cloud or metal, not $(PROFILE))
+endif
 TARGET_x86_64 := x86_64-unknown-linux-gnu
 TARGET_arm64  := aarch64-unknown-linux-gnu
 TARGET    := $(TARGET_$(ARCH))
@@ -40,7 +56,7 @@ all: image
 help:
 	@echo "make run         build the image and boot it in QEMU (serial console here)"
 	@echo "make test        fmt + clippy + unit/privileged tests + whole-system tests in QEMU + fuzz smoke"
-	@echo "make image       build $(BUILD)/berth.img"
+	@echo "make image       build $(BUILD)/berth.img (PROFILE=metal: build/$(ARCH)-metal/berth.img)"
 	@echo "make deps        install the Debian packages the build and tests need"
 	@echo "make fuzz        run every fuzz target for FUZZ_SECONDS each"
 	@echo "make bench       run the benchmarks under bench/"
@@ -59,9 +75,12 @@ deps:
 	fi
 
 $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi:
-	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(if $(filter metal,$(PROFILE)),generic,cloud)
+	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(KERNEL_FLAVOUR)
 
 kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi
+ifneq ($(FIRMWARE_PKGS),)
+	kernel-config/fetch-firmware.sh $(BUILD)/firmware $(FIRMWARE_PKGS)
+endif
 
 # The OS binaries: static (no C library in the root image).
 bins:
@@ -72,11 +91,11 @@ image: deps kernel bins
 	$(CARGO) build --release -p berth-image
 	target/release/berth-image build --arch $(ARCH) --kernel $(BUILD)/kernel --bin $(BIN_DIR) \
 		--out $(BUILD) --build-id $(BUILD_ID) --os-version $(OS_VERSION) \
-		--modules kernel-config/modules-$(PROFILE).txt --cmdline kernel-config/cmdline-$(ARCH).txt \
-		--systemd-boot $(BUILD)/kernel/systemd-boot.efi
+		--modules kernel-config/modules-$(PROFILE).txt --cmdline $(CMDLINE) \
+		--systemd-boot $(BUILD)/kernel/systemd-boot.efi $(if $(FIRMWARE_PKGS),--firmware $(BUILD)/firmware)
 
 run: image
-	qemu/run.sh --arch $(ARCH) --config $(CONFIG) $(BUILD)/berth.img
+	qemu/run.sh --arch $(ARCH) --config $(CONFIG) $(if $(filter metal,$(PROFILE)),--hw ahci) $(BUILD)/berth.img
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -86,10 +105,14 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude berth-tests
 
-# Whole-system tests: boot the real image in QEMU, drive it with osctl.
+# Whole-system tests: boot the real images (cloud and metal profiles) in QEMU, drive them
+# with osctl.
 system-test: image
+	$(MAKE) image PROFILE=metal
 	$(CARGO) build -p berth-osctl
-	BERTH_IMAGE=$(CURDIR)/$(BUILD)/berth.img BERTH_OSCTL=$(CURDIR)/target/debug/osctl \
+	BERTH_IMAGE=$(CURDIR)/build/$(ARCH)/berth.img \
+	BERTH_IMAGE_METAL=$(CURDIR)/build/$(ARCH)-metal/berth.img \
+	BERTH_OSCTL=$(CURDIR)/target/debug/osctl \
 		$(CARGO) test -p berth-tests -- --test-threads=1
 
 fuzz:

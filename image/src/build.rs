@@ -32,6 +32,10 @@ pub struct BuildOptions {
     /// systemd-boot EFI binary.
     pub systemd_boot: PathBuf,
     pub sizes: Sizes,
+    /// Unpacked firmware packages (a folder holding `lib/firmware/...`): the files the
+    /// selected modules name in `modinfo firmware=` and that exist there go into the
+    /// initramfs under `/lib/firmware`. `None`: no firmware.
+    pub firmware_dir: Option<PathBuf>,
 }
 
 /// What a build produced (also written to `OUT/image.json`).
@@ -53,6 +57,9 @@ pub struct BuildOutput {
     pub initrd_bytes: u64,
     pub kernel_bytes: u64,
     pub modules: Vec<String>,
+    /// Firmware files in the initramfs, relative to `/lib/firmware`.
+    #[serde(default)]
+    pub firmware: Vec<String>,
 }
 
 /// Build failures, each naming the step and file involved.
@@ -242,14 +249,24 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
-/// The initramfs: `/init` (stage 1), the resolved modules and their load order, the state
-/// template, `/dev/console`.
+/// What went into the initramfs.
+#[derive(Debug, Clone, Default)]
+pub struct InitrdContents {
+    /// Module names, in load order.
+    pub modules: Vec<String>,
+    /// Firmware files, relative to `/lib/firmware`.
+    pub firmware: Vec<String>,
+}
+
+/// The initramfs: `/init` (stage 1), the resolved modules and their load order, the
+/// firmware those modules name (when a firmware folder is given), the state template,
+/// `/dev/console`.
 pub fn make_initrd(
     opts: &BuildOptions,
     kver: &str,
     state_img: &Path,
     out: &Path,
-) -> Result<Vec<String>, BuildError> {
+) -> Result<InitrdContents, BuildError> {
     let moddir = opts.kernel_dir.join("lib/modules").join(kver);
     let dep_path = moddir.join("modules.dep");
     let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
@@ -293,14 +310,43 @@ pub fn make_initrd(
     ))?;
     let mut load = String::new();
     let mut names = Vec::new();
+    let mut wanted_fw = std::collections::BTreeSet::new();
     for rel in &order {
         let base = rel.rsplit('/').next().unwrap_or(rel);
         let src = moddir.join(rel);
         let data = io("reading", &src, fs::read(&src))?;
+        wanted_fw.extend(modules::firmware_names(&data));
         e(w.file(&format!("lib/modules/{kver}/{base}"), 0o644, &data))?;
         load.push_str(base);
         load.push('\n');
         names.push(modules::name_of(rel));
+    }
+    // Firmware: only what the chosen drivers name and the packages ship (most drivers need
+    // none; a missing file is the same as on any distribution without that package).
+    let mut firmware = Vec::new();
+    if let Some(fw_root) = &opts.firmware_dir {
+        let fw_dir = fw_root.join("lib/firmware");
+        let mut dirs = std::collections::BTreeSet::new();
+        for name in &wanted_fw {
+            let src = fw_dir.join(name);
+            if !src.is_file() {
+                continue;
+            }
+            let data = io("reading", &src, fs::read(&src))?;
+            let mut parent = String::from("lib/firmware");
+            if dirs.insert(parent.clone()) {
+                e(w.dir(&parent, 0o755))?;
+            }
+            let comps: Vec<&str> = name.split('/').collect();
+            for c in &comps[..comps.len().saturating_sub(1)] {
+                parent = format!("{parent}/{c}");
+                if dirs.insert(parent.clone()) {
+                    e(w.dir(&parent, 0o755))?;
+                }
+            }
+            e(w.file(&format!("lib/firmware/{name}"), 0o644, &data))?;
+            firmware.push(name.clone());
+        }
     }
     e(w.file(
         &format!("lib/modules/{kver}/berth.load"),
@@ -313,7 +359,10 @@ pub fn make_initrd(
     let cpio = io("writing initramfs", out, w.finish())?;
     let gz = io("compressing", out, gzip(&cpio))?;
     write(out, &gz, 0o644)?;
-    Ok(names)
+    Ok(InitrdContents {
+        modules: names,
+        firmware,
+    })
 }
 
 /// FAT32 ESP with systemd-boot, loader.conf, slot A's kernel, initrd and boot entry.
@@ -517,7 +566,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
         data_blocks,
         initrd,
         kernel_image: kernel,
-        modules: mods,
+        modules: mods.modules,
+        firmware: mods.firmware,
     };
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
     write(&out.join("image.json"), json.as_bytes(), 0o644)?;

@@ -46,6 +46,10 @@ enum Cmd {
         /// systemd-boot EFI binary (default: Debian's, for the arch).
         #[arg(long)]
         systemd_boot: Option<PathBuf>,
+        /// Unpacked firmware packages (`kernel-config/fetch-firmware.sh`): the firmware the
+        /// selected modules name is copied into the initramfs.
+        #[arg(long)]
+        firmware: Option<PathBuf>,
     },
     // Registry subcommands (pull, unpack, push, copy): owned by the berth-registry crate.
     #[command(flatten)]
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             modules,
             cmdline,
             systemd_boot,
+            firmware,
         } => {
             let arch = Arch::parse(&arch)
                 .ok_or_else(|| anyhow::anyhow!("unknown arch {arch:?}: use x86_64 or arm64"))?;
@@ -104,11 +109,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 systemd_boot: systemd_boot
                     .unwrap_or_else(|| PathBuf::from("/usr/lib/systemd/boot/efi").join(efi)),
                 sizes: Sizes::default(),
+                firmware_dir: firmware,
             };
             let o = berth_image::build(&opts)?;
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
             println!(
-                "built {} ({} {}): disk {:.0} MiB, root {:.1} MiB, initrd {:.1} MiB, kernel {:.1} MiB, {} modules\nverity root hash {}",
+                "built {} ({} {}): disk {:.0} MiB, root {:.1} MiB, initrd {:.1} MiB, kernel {:.1} MiB, {} modules, {} firmware files\nverity root hash {}",
                 o.disk.display(),
                 o.arch,
                 o.version,
@@ -117,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mib(o.initrd_bytes),
                 mib(o.kernel_bytes),
                 o.modules.len(),
+                o.firmware.len(),
                 o.root_hash
             );
             Ok(())

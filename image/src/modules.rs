@@ -99,6 +99,29 @@ pub fn parse_list(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Firmware files a module says it may load (`modinfo -F firmware`): the NUL-separated
+/// `firmware=<path>` strings of its `.modinfo` section, found in the raw `.ko` bytes (Debian's
+/// modules are uncompressed). Sorted, each once.
+pub fn firmware_names(ko: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"firmware=";
+    let mut out: Vec<String> = ko
+        .split(|b| *b == 0)
+        .filter_map(|s| s.strip_prefix(KEY))
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        // A relative path inside /lib/firmware, nothing that could climb out of it.
+        .filter(|v| {
+            !v.is_empty()
+                && !v.starts_with('/')
+                && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +189,17 @@ kernel/drivers/virtio/virtio_ring.ko:
             parse_list("# disks\nvirtio_blk\n\n erofs # root\n"),
             ["virtio_blk", "erofs"]
         );
+    }
+
+    #[test]
+    fn firmware_from_modinfo() {
+        let ko = b"\x7fELF junk\0license=GPL\0firmware=rtl_nic/rtl8168d-1.fw\0\
+firmware=rtl_nic/rtl8125a-3.fw\0firmware=rtl_nic/rtl8168d-1.fw\0firmware=../etc/passwd\0\
+firmware=/abs\0firmware=\0notfirmware=x.fw\0depends=mii\0";
+        assert_eq!(
+            firmware_names(ko),
+            ["rtl_nic/rtl8125a-3.fw", "rtl_nic/rtl8168d-1.fw"]
+        );
+        assert!(firmware_names(b"no modinfo here").is_empty());
     }
 }

@@ -19,6 +19,7 @@ fn opts(dir: &Path, build_id: &str) -> BuildOptions {
         cmdline: "console=ttyS0".into(),
         systemd_boot: dir.join("boot.efi"),
         sizes: Sizes::default(),
+        firmware_dir: None,
     }
 }
 
