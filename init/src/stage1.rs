@@ -69,13 +69,28 @@ pub fn run() -> ! {
     record(&mut info, "modules");
 
     let root_label = args.slot.root_partlabel();
-    let found = devices::wait_for(&[root_label], args.root_wait);
+    let sys_block = Path::new("/sys/class/block");
+    let found = devices::wait_for(
+        &[root_label],
+        args.root_wait,
+        Duration::from_secs(3),
+        |missing| {
+            console::info(&format!(
+                "waiting up to {} s for partition {} (slow disks such as USB take a while); \
+                 block devices so far: {}",
+                args.root_wait.as_secs(),
+                missing.join(", "),
+                devices::describe_block_devices(sys_block)
+            ))
+        },
+    );
     let Some(root) = found[0].clone() else {
         fatal(&format!(
-            "root partition {root_label} (slot {}) not found after {} s; partitions seen: {}",
+            "root partition {root_label} (slot {}) not found after {} s (berth.rootwait=); \
+             block devices seen: {}. Is the disk's driver in the image's module list?",
             info.slot,
             args.root_wait.as_secs(),
-            list_partitions()
+            devices::describe_block_devices(sys_block)
         ))
     };
     info.root_partition = root.dev.display().to_string();
@@ -110,22 +125,6 @@ pub fn run() -> ! {
     }
     let e = switch_root(sysroot);
     fatal(&format!("switch to the real root failed: {e}"))
-}
-
-fn list_partitions() -> String {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/class/block")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    if names.is_empty() {
-        "none (is the disk driver loaded?)".into()
-    } else {
-        names.join(" ")
-    }
 }
 
 fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
@@ -227,12 +226,7 @@ fn state_partition(
                 console::warn(&format!("telling the kernel about the new partition: {e}"));
             }
             // BLKPG carries no partition name: address the new partition by number.
-            let sep = if disk_name.ends_with(|c: char| c.is_ascii_digit()) {
-                "p"
-            } else {
-                ""
-            };
-            let name = format!("{disk_name}{sep}{number}");
+            let name = devices::partition_name(&disk_name, number);
             let dev = Path::new("/dev").join(&name);
             let start_wait = std::time::Instant::now();
             while !dev.exists() && start_wait.elapsed() < Duration::from_secs(5) {
