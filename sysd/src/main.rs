@@ -75,14 +75,8 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         },
     ));
 
-    if let Some(port) = berth_sysd::bridge::find_port(
-        Path::new("/sys/class/virtio-ports"),
-        Path::new("/dev"),
-        berth_api::VIRTIO_PORT_NAME,
-    ) {
-        std::thread::Builder::new()
-            .name("osctl-bridge".into())
-            .spawn(move || berth_sysd::bridge::run(&port, socket))?;
+    if let Err(e) = berth_sysd::bridge::start(socket) {
+        tracing::warn!("no host access to osctl: {:#}", anyhow::Error::from(e));
     }
     if let Err(e) = std::fs::read(berth_api::OS_RELEASE_PATH) {
         tracing::error!(
