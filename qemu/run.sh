@@ -3,7 +3,7 @@
 #
 #   qemu/run.sh [--arch x86_64|arm64] [--headless] [--state-dir DIR] [--config FILE]
 #               [--registry-port PORT] [--hostfwd HOSTPORT:GUESTPORT] [--disk-size SIZE]
-#               [--mem MiB] [--no-reboot] [IMAGE]
+#               [--mem MiB] [--no-reboot] [--hw virtio|ahci|nvme|usb] [IMAGE]
 #
 # The image itself is never written: QEMU boots a copy-on-write overlay in the state dir.
 # State dir contents: disk.qcow2 (overlay), efivars.fd, serial.log (headless), qmp.sock
@@ -15,9 +15,15 @@
 # --config FILE: passed to the guest via fw_cfg as opt/org.berth/config.
 # --registry-port PORT: the guest reaches 127.0.0.1:PORT on this host as 10.0.2.100:5000.
 # --disk-size SIZE: virtual size of the overlay (e.g. 16G), to test growing the state.
+# --hw KIND: the emulated hardware (x86_64). virtio (default): virtio disk, NIC and
+#   virtio-serial osctl port. The others have no virtio device at all, like a bare-metal
+#   machine (boot the metal image, `make image PROFILE=metal`): ahci = SATA disk on an AHCI
+#   controller + e1000e NIC; nvme = NVMe disk + e1000 NIC; usb = USB stick (usb-storage on
+#   xhci) + e1000e NIC. osctl.sock is then the second UART (ttyS1 in the guest,
+#   `berth.osctl=ttyS1` on the metal command line). fw_cfg is not virtio and stays.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image=
+arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image= hw=virtio
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -29,11 +35,17 @@ while [ $# -gt 0 ]; do
     --disk-size) disksize=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --no-reboot) noreboot=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --hw) hw=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) image=$1; shift ;;
   esac
 done
+case "$hw" in
+  virtio|ahci|nvme|usb) ;;
+  *) echo "run.sh: unknown --hw $hw (virtio, ahci, nvme or usb)" >&2; exit 2 ;;
+esac
+[ "$hw" = virtio ] || [ "$arch" = x86_64 ] || { echo "run.sh: --hw $hw is x86_64 only" >&2; exit 2; }
 image=${image:-$here/../build/$arch/berth.img}
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image ARCH=$arch')" >&2; exit 1; }
 image=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
@@ -75,22 +87,40 @@ args=(
   -accel tcg "${machine[@]}" -m "$mem" -smp 2
   -drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
   -drive "if=pflash,format=raw,unit=1,file=$state/efivars.fd"
-  -drive "file=$state/disk.qcow2,format=qcow2,if=virtio"
-  -netdev "$net" -device virtio-net-pci,netdev=n0
-  -device virtio-serial-pci
+  -netdev "$net"
   -chardev "socket,id=osctl,path=$state/osctl.sock,server=on,wait=off"
-  -device virtserialport,chardev=osctl,name=org.berth.osctl
   -qmp "unix:$state/qmp.sock,server=on,wait=off"
   -pidfile "$state/qemu.pid"
 )
+disk="file=$state/disk.qcow2,format=qcow2"
+# Non-virtio NICs get no option ROM (no PXE attempt in the firmware); the disk boots first.
+case "$hw" in
+  virtio)
+    args+=(-drive "$disk,if=virtio" -device virtio-net-pci,netdev=n0
+           -device virtio-serial-pci -device virtserialport,chardev=osctl,name=org.berth.osctl) ;;
+  ahci)
+    args+=(-drive "$disk,if=none,id=d0" -device ahci,id=ahci0
+           -device ide-hd,drive=d0,bus=ahci0.0,bootindex=0
+           -device e1000e,netdev=n0,romfile=) ;;
+  nvme)
+    args+=(-drive "$disk,if=none,id=d0" -device nvme,drive=d0,serial=berth0001,bootindex=0
+           -device e1000,netdev=n0,romfile=) ;;
+  usb)
+    args+=(-drive "$disk,if=none,id=d0" -device qemu-xhci,id=xhci0
+           -device usb-storage,drive=d0,bus=xhci0.0,removable=on,bootindex=0
+           -device e1000e,netdev=n0,romfile=) ;;
+esac
+# Without virtio-serial the osctl channel is the second UART (after the console's).
+osctl_serial=()
+[ "$hw" = virtio ] || osctl_serial=(-serial chardev:osctl)
 [ -n "$config" ] && args+=(-fw_cfg "name=opt/org.berth/config,file=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")")
 [ "$noreboot" = 1 ] && args+=(-no-reboot)
 
 if [ "$headless" = 1 ]; then
   : > "$state/serial.log"
-  exec "$qemu" "${args[@]}" -display none -serial "file:$state/serial.log" -daemonize
+  exec "$qemu" "${args[@]}" -display none -serial "file:$state/serial.log" "${osctl_serial[@]}" -daemonize
 else
   echo "Berth on $arch: serial console below (Ctrl-A X quits). From another terminal:"
   echo "  osctl --connect unix:path=$state/osctl.sock status"
-  exec "$qemu" "${args[@]}" -nographic -serial mon:stdio
+  exec "$qemu" "${args[@]}" -nographic -serial mon:stdio "${osctl_serial[@]}"
 fi

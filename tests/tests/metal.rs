@@ -1,0 +1,173 @@
+//! Whole-system tests of the bare-metal profile (`make image PROFILE=metal`): the metal
+//! image boots in QEMU with no virtio device at all, once per common disk type, and the
+//! host drives it with osctl over the second UART (`berth.osctl=ttyS1`).
+//!
+//! Input: `BERTH_IMAGE_METAL` (set by `make system-test`, which builds the metal image).
+//! Three boots in all; each checks several things.
+
+use berth_tests::*;
+use serde_json::Value;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn metal_image() -> PathBuf {
+    let p = std::env::var_os("BERTH_IMAGE_METAL")
+        .map(PathBuf::from)
+        .expect(
+            "BERTH_IMAGE_METAL is not set: run `make system-test` (it builds the metal image with \
+         `make image PROFILE=metal` and points this variable at it)",
+        );
+    assert!(
+        p.exists(),
+        "no metal image at {} - run `make image PROFILE=metal`",
+        p.display()
+    );
+    p
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or_default()
+}
+
+fn boot(name: &str, hw: &str, disk_size: Option<&str>) -> (Vm, String) {
+    let image = metal_image();
+    let opts = BootOpts {
+        disk_size: disk_size.map(str::to_string),
+        extra: vec!["--hw".into(), hw.into()],
+        ..Default::default()
+    };
+    let vm = Vm::boot(name, &image, &opts);
+    let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+    // The boot phases, for the record (`cargo test -- --nocapture` shows them).
+    let phases: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("berth: ") && l.contains(" t="))
+        .collect();
+    eprintln!("{name} ({hw}) boot phases: {}", phases.join(" | "));
+    for stage in ["berth: stage1 t=", "berth: modules t=", "berth: root t="] {
+        assert!(log.contains(stage), "console lacks {stage:?}");
+    }
+    (vm, log)
+}
+
+/// What every metal boot must show in `osctl status` (fetched over the UART channel): the
+/// verified root, /var on partition 4 of the expected disk, an address from slirp's DHCP.
+fn check_status(st: &Value, disk: &str) {
+    assert_eq!(st["root"]["fstype"], "erofs", "{st:#}");
+    assert!(s(&st["root"], "source").starts_with("/dev/dm-"), "{st:#}");
+    assert_eq!(st["root_dm_uuid"], "BERTH-VERITY-a", "{st:#}");
+    assert_eq!(st["var"]["fstype"], "ext4", "{st:#}");
+    let want_var = format!(
+        "/dev/{disk}{}4",
+        if disk.ends_with(char::is_numeric) {
+            "p"
+        } else {
+            ""
+        }
+    );
+    assert_eq!(s(&st["var"], "source"), want_var, "{st:#}");
+    // The boot disk and network lines of osctl status (sysd's network/DHCP work).
+    if let Some(b) = st.get("boot_disk") {
+        assert_eq!(b, &Value::from(format!("/dev/{disk}")), "{st:#}");
+    }
+    if let Some(n) = st.get("network") {
+        assert!(
+            n.to_string().contains("10.0.2.15/24"),
+            "no DHCP address on the emulated NIC: {st:#}"
+        );
+    }
+    assert!(
+        st["warnings"].as_array().is_some_and(|w| w.is_empty()),
+        "{st:#}"
+    );
+}
+
+/// osctl status in text form works too (a second, separate host session on the UART).
+fn check_text_status(vm: &Vm) {
+    let out = vm.osctl(&["status"]);
+    assert!(
+        out.status.success(),
+        "second osctl session over the UART failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("erofs"), "{text}");
+}
+
+/// SATA disk on AHCI + Intel e1000e; the disk is 16 GiB, so the state partition and its
+/// filesystem grow to fill it at first boot. The image carries the metal drivers and the
+/// firmware they name.
+#[test]
+fn ahci_e1000e_16g() {
+    let info = image_info(&metal_image());
+    let modules: Vec<&str> = info["modules"]
+        .as_array()
+        .expect("modules in image.json")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for m in [
+        "ahci",
+        "nvme",
+        "xhci_pci",
+        "usb_storage",
+        "uas",
+        "e1000e",
+        "igb",
+        "r8169",
+    ] {
+        assert!(
+            modules.contains(&m),
+            "metal image lacks module {m}: {modules:?}"
+        );
+    }
+    let fw = info["firmware"].to_string();
+    assert!(fw.contains("rtl_nic/rtl8168"), "no r8169 firmware: {fw}");
+
+    let (vm, log) = boot("metal-ahci", "ahci", Some("16G"));
+    assert!(!log.contains("vport"), "a virtio port appeared");
+    let st = vm.status();
+    check_status(&st, "sda");
+    let action = s(&st, "state_action");
+    assert!(action.contains("partition grown from 32 to "), "{action}");
+    let grown_mib: u64 = action
+        .rsplit("grown to ")
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // 16 GiB minus the ESP and both root slots (1.25 GiB), less ext4's rounding.
+    assert!(
+        grown_mib > 14_900,
+        "filesystem not grown to the 16 GiB disk: {action}"
+    );
+    check_text_status(&vm);
+}
+
+/// NVMe disk + Intel e1000. Also: a host client that dies in the middle of a D-Bus message
+/// (the UART tells the guest nothing) does not break the next osctl session.
+#[test]
+fn nvme_e1000() {
+    let (vm, _) = boot("metal-nvme", "nvme", None);
+    check_status(&vm.status(), "nvme0n1");
+
+    let mut c = UnixStream::connect(vm.dir.join("osctl.sock")).expect("osctl.sock");
+    // Auth, then the first 10 bytes of a 16-byte message header, then gone.
+    c.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\nl\x01\x00\x01\x10\x00\x00\x00\x01\x00")
+        .unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_secs(3));
+    check_status(&vm.status(), "nvme0n1");
+    check_text_status(&vm);
+}
+
+/// USB stick (usb-storage on xhci) + Intel e1000e: a slow disk that appears after the
+/// USB bus is enumerated.
+#[test]
+fn usb_xhci_e1000e() {
+    let (vm, _) = boot("metal-usb", "usb", None);
+    check_status(&vm.status(), "sda");
+    check_text_status(&vm);
+}
