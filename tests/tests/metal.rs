@@ -53,8 +53,20 @@ fn boot(name: &str, hw: &str, disk_size: Option<&str>) -> (Vm, String) {
 }
 
 /// What every metal boot must show in `osctl status` (fetched over the UART channel): the
-/// verified root, /var on partition 4 of the expected disk, an address from slirp's DHCP.
-fn check_status(st: &Value, disk: &str) {
+/// verified root, /var on partition 4 of the expected disk, the boot disk, and an address
+/// from slirp's DHCP on the emulated NIC (polled: the link comes up a few seconds after
+/// `ready`).
+fn check_status(vm: &Vm, disk: &str) -> Value {
+    let start = std::time::Instant::now();
+    let st = loop {
+        let st = vm.status();
+        if st["network"].to_string().contains("10.0.2.15/24")
+            || start.elapsed() > Duration::from_secs(90)
+        {
+            break st;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
     assert_eq!(st["root"]["fstype"], "erofs", "{st:#}");
     assert!(s(&st["root"], "source").starts_with("/dev/dm-"), "{st:#}");
     assert_eq!(st["root_dm_uuid"], "BERTH-VERITY-a", "{st:#}");
@@ -68,20 +80,23 @@ fn check_status(st: &Value, disk: &str) {
         }
     );
     assert_eq!(s(&st["var"], "source"), want_var, "{st:#}");
-    // The boot disk and network lines of osctl status (sysd's network/DHCP work).
-    if let Some(b) = st.get("boot_disk") {
-        assert_eq!(b, &Value::from(format!("/dev/{disk}")), "{st:#}");
-    }
-    if let Some(n) = st.get("network") {
-        assert!(
-            n.to_string().contains("10.0.2.15/24"),
-            "no DHCP address on the emulated NIC: {st:#}"
-        );
-    }
+    assert_eq!(s(&st, "boot_disk"), format!("/dev/{disk}"), "{st:#}");
+    let eth = st["network"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|l| l.starts_with("eth0 "))
+        .unwrap_or_default();
+    assert!(
+        eth.contains(" up ") && eth.contains("10.0.2.15/24"),
+        "no DHCP address on the emulated NIC after 90 s: {st:#}"
+    );
     assert!(
         st["warnings"].as_array().is_some_and(|w| w.is_empty()),
         "{st:#}"
     );
+    st
 }
 
 /// osctl status in text form works too (a second, separate host session on the UART).
@@ -128,8 +143,7 @@ fn ahci_e1000e_16g() {
 
     let (vm, log) = boot("metal-ahci", "ahci", Some("16G"));
     assert!(!log.contains("vport"), "a virtio port appeared");
-    let st = vm.status();
-    check_status(&st, "sda");
+    let st = check_status(&vm, "sda");
     let action = s(&st, "state_action");
     assert!(action.contains("partition grown from 32 to "), "{action}");
     let grown_mib: u64 = action
@@ -151,7 +165,7 @@ fn ahci_e1000e_16g() {
 #[test]
 fn nvme_e1000() {
     let (vm, _) = boot("metal-nvme", "nvme", None);
-    check_status(&vm.status(), "nvme0n1");
+    check_status(&vm, "nvme0n1");
 
     let mut c = UnixStream::connect(vm.dir.join("osctl.sock")).expect("osctl.sock");
     // Auth, then the first 10 bytes of a 16-byte message header, then gone.
@@ -159,7 +173,7 @@ fn nvme_e1000() {
         .unwrap();
     drop(c);
     std::thread::sleep(Duration::from_secs(3));
-    check_status(&vm.status(), "nvme0n1");
+    check_status(&vm, "nvme0n1");
     check_text_status(&vm);
 }
 
@@ -168,6 +182,6 @@ fn nvme_e1000() {
 #[test]
 fn usb_xhci_e1000e() {
     let (vm, _) = boot("metal-usb", "usb", None);
-    check_status(&vm.status(), "sda");
+    check_status(&vm, "sda");
     check_text_status(&vm);
 }
