@@ -273,10 +273,11 @@ impl Supervisor {
             &wr,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
         );
-        let res = std::process::Command::new(SYSD)
-            .env(berth_api::READY_FD_ENV, wr.as_raw_fd().to_string())
-            .env("BERTH_SYSD_START", self.starts.to_string())
-            .spawn();
+        let mut cmd = std::process::Command::new(SYSD);
+        cmd.env(berth_api::READY_FD_ENV, wr.as_raw_fd().to_string())
+            .env("BERTH_SYSD_START", self.starts.to_string());
+        crate::sys::default_signals_on_exec(&mut cmd);
+        let res = cmd.spawn();
         drop(wr);
         match res {
             Ok(child) => {

@@ -245,3 +245,20 @@ pub fn blkpg(
         Ok(())
     }
 }
+
+/// Make a child start with the default signal state: PID 1 blocks every signal (it reads
+/// them from a signalfd) and ignores SIGPIPE, and a child inherits both across exec.
+pub fn default_signals_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls (rt_sigprocmask and rt_sigaction); it allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::signal::{sigprocmask, signal, SigHandler, SigSet, SigmaskHow, Signal};
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            signal(Signal::SIGPIPE, SigHandler::SigDfl)?;
+            Ok(())
+        });
+    }
+}

@@ -7,6 +7,12 @@ fn main() -> std::process::ExitCode {
     berth_runtime::maybe_run_init();
     // Before anything opens a file: take the readiness fd PID 1 gave us.
     let ready = berth_sysd::ReadyFd::from_env();
+    // Whatever the parent left blocked, sysd handles SIGTERM (ordered shutdown).
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
     tracing_subscriber::fmt()
         .with_target(false)
         .without_time()
@@ -85,6 +91,7 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         );
     }
     tracing::info!("sysd started (start #{start}, pid {})", std::process::id());
+
     if let Some(r) = ready {
         if let Err(e) = r.notify() {
             tracing::warn!("cannot notify PID 1 of readiness: {e}");
