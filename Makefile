@@ -74,10 +74,10 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi:
+$(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(BUILD)/kernel/busybox:
 	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(KERNEL_FLAVOUR)
 
-kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi
+kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(BUILD)/kernel/busybox
 ifneq ($(FIRMWARE_PKGS),)
 	kernel-config/fetch-firmware.sh $(BUILD)/firmware $(FIRMWARE_PKGS)
 endif

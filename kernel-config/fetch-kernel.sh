@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fetch Berth's boot chain from Debian into a build folder, never touching the host's /boot:
-# the kernel and its modules, and the systemd-boot EFI loader of the same architecture.
+# the kernel and its modules, the systemd-boot EFI loader of the same architecture, and
+# busybox-static of that architecture (the system container images are built from it).
 #   kernel-config/fetch-kernel.sh ARCH OUTDIR [FLAVOUR]
 # ARCH: x86_64 | arm64. FLAVOUR: cloud (default, virtio-only) | generic (bare metal).
 # Result: OUTDIR/vmlinuz, OUTDIR/lib/modules/<version>/..., OUTDIR/version,
-#         OUTDIR/systemd-boot.efi.
+#         OUTDIR/systemd-boot.efi, OUTDIR/busybox.
 set -euo pipefail
 arch=${1:?arch}; out=${2:?outdir}; flavour=${3:-cloud}
 case "$arch" in
@@ -19,7 +20,7 @@ case "$flavour" in
 esac
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/systemd-boot.efi" ]; then exit 0; fi
+if [ -f "$out/version" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/systemd-boot.efi" ] && [ -f "$out/busybox" ]; then exit 0; fi
 apt_opts=()
 if [ "$darch" != "$(dpkg --print-architecture)" ]; then
   # Private apt state so the host's dpkg configuration stays untouched.
@@ -46,5 +47,9 @@ fi
 (cd "$tmp" && apt-get "${apt_opts[@]}" download -qq "systemd-boot-efi:$darch" 2>/dev/null || apt-get "${apt_opts[@]}" download -qq systemd-boot-efi)
 dpkg -x "$tmp"/systemd-boot-efi_*.deb "$tmp/sdboot"
 cp "$tmp/sdboot/usr/lib/systemd/boot/efi/$efi" "$out/systemd-boot.efi"
+# busybox-static of the same architecture, for the system container images.
+(cd "$tmp" && apt-get "${apt_opts[@]}" download -qq "busybox-static:$darch" 2>/dev/null || apt-get "${apt_opts[@]}" download -qq busybox-static)
+dpkg -x "$tmp"/busybox-static_*.deb "$tmp/busybox"
+cp "$tmp/busybox/bin/busybox" "$out/busybox"
 echo "$version" > "$out/version"
 echo "fetch-kernel: $pkg -> $out"

@@ -80,6 +80,8 @@ pub enum BuildError {
     RootTooBig { size: u64, part: u64 },
     #[error("veritysetup printed no root hash")]
     NoRootHash,
+    #[error("system container images")]
+    SysImage(#[from] crate::sysimage::SysImageError),
 }
 
 fn io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, BuildError> {
@@ -161,6 +163,7 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
             std::os::unix::fs::symlink(t, dir.join(l)),
         )?;
     }
+    crate::sysimage::install(dir, opts.arch, &opts.kernel_dir.join("busybox"))?;
     write(&dir.join("etc/hostname"), b"berth\n", 0o644)?;
     write(
         &dir.join("etc/passwd"),

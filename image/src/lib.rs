@@ -12,6 +12,7 @@ pub mod build;
 pub mod cpio;
 pub mod layout;
 pub mod modules;
+pub mod sysimage;
 pub mod tools;
 
 pub use build::{build, BuildOptions, BuildOutput};

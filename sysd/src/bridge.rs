@@ -411,11 +411,12 @@ pub fn run_uart(mut dev: File, socket: &Path) {
 
         if dev_ready {
             let n = match dev.read(&mut buf) {
-                // Only a virtio port reads EOF: its host side is closed. End the session.
+                // Only a virtio port reads EOF: its host side is closed right now. The
+                // session is not ended here: the close can be reported after the next
+                // client's first bytes were already read (control and data travel on
+                // separate virtqueues), and ending it then would cut that client off.
+                // The next client's opening NUL starts a fresh session anyway.
                 Ok(0) => {
-                    flush_to(&mut sock, &mut out, &mut sessions);
-                    sock = None;
-                    sessions.reset();
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
