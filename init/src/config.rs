@@ -153,4 +153,3 @@ pub fn set_hostname(config: &Config) -> Result<(), String> {
 
 /// Apply the files and sysctls of the config (shared with sysd's `osctl config apply`).
 pub use berth_config::apply::apply;
-

@@ -255,7 +255,7 @@ pub fn default_signals_on_exec(cmd: &mut std::process::Command) {
     // nothing and touches no lock.
     unsafe {
         cmd.pre_exec(|| {
-            use nix::sys::signal::{sigprocmask, signal, SigHandler, SigSet, SigmaskHow, Signal};
+            use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
             signal(Signal::SIGPIPE, SigHandler::SigDfl)?;
             Ok(())
