@@ -41,6 +41,9 @@ fn same_inputs_same_root_image() {
     for (b, content) in [("init", "i"), ("sysd", "s"), ("osctl", "o")] {
         std::fs::write(dir.join("bin").join(b), content.repeat(10_000)).unwrap();
     }
+    // Stands in for busybox-static (the system container images are built from it).
+    std::fs::create_dir_all(dir.join("kernel")).unwrap();
+    std::fs::write(dir.join("kernel/busybox"), "b".repeat(10_000)).unwrap();
     let (a, ha) = root_image(&dir, "id1", "a");
     // Touch the inputs: timestamps must not matter.
     std::thread::sleep(std::time::Duration::from_millis(1100));
