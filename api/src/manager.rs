@@ -60,6 +60,9 @@ pub struct Status {
     pub required_services: Vec<(String, String)>,
     /// Every required service is healthy.
     pub healthy: bool,
+    /// Resident memory of PID 1 and of sysd, KiB.
+    pub init_rss_kib: u64,
+    pub sysd_rss_kib: u64,
     /// The last `osctl config apply`: `on trial (N s left)`, `applied`, `reverted: WHY`,
     /// or empty when there was none.
     pub config_change: String,

@@ -175,6 +175,14 @@ pub fn format_status(s: &berth_api::Status) -> String {
         "sysd",
         format!("pid {} (start #{})", s.sysd_pid, s.sysd_starts),
     );
+    line(
+        "memory",
+        format!(
+            "init {:.1} MiB, sysd {:.1} MiB resident",
+            s.init_rss_kib as f64 / 1024.0,
+            s.sysd_rss_kib as f64 / 1024.0
+        ),
+    );
     let phases: Vec<String> = s
         .phases
         .iter()

@@ -68,6 +68,16 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
         .map(|b| b.boot_count)
         .unwrap_or(0);
+    // Host-network containers bind /etc/resolv.conf: have one (the config's DNS) before
+    // the first container starts; DHCP leases add theirs as they come.
+    if !Path::new("/etc/resolv.conf").exists() {
+        let text = config.resolv_conf(&[], &[]);
+        if let Err(e) =
+            berth_config::store::write_atomic(Path::new("/etc/resolv.conf"), text.as_bytes())
+        {
+            tracing::warn!("cannot write /etc/resolv.conf: {e}");
+        }
+    }
     let node = berth_sysd::node::Node::new(config.clone(), containers.clone(), boot);
     node.start_network();
     let socket = Path::new(berth_api::SOCKET_PATH);

@@ -59,6 +59,18 @@ pub fn disk_of(sys_block: &Path, partition: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `VmRSS` of a `/proc/<pid>/status` file, KiB (0 when unknown).
+pub fn rss_kib(status: &Path) -> u64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -114,6 +126,8 @@ pub fn collect(sysd_start: u32) -> Status {
         phases: boot.phases.iter().map(|p| (p.name.clone(), p.t)).collect(),
         warnings,
         boot_disk: disk_of(Path::new("/sys/class/block"), &boot.root_partition),
+        init_rss_kib: rss_kib(Path::new("/proc/1/status")),
+        sysd_rss_kib: rss_kib(Path::new("/proc/self/status")),
         ..Default::default()
     }
 }

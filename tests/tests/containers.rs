@@ -76,6 +76,78 @@ fn containers_run_log_restart_and_survive() {
     let out = vm.osctl(&["exec", "admin", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
 
+    // Figures: osctl round trip over virtio-serial, and init + sysd memory.
+    let t = std::time::Instant::now();
+    for _ in 0..10 {
+        vm.osctl_ok(&["status"]);
+    }
+    let st = vm.status();
+    eprintln!(
+        "FIGURE osctl round trip {:.0} ms (mean of 10 `status`); RSS init {} KiB + sysd {} KiB",
+        t.elapsed().as_secs_f64() * 100.0,
+        st["init_rss_kib"],
+        st["sysd_rss_kib"]
+    );
+    assert!(st["sysd_rss_kib"].as_u64().unwrap() > 0, "{st:#}");
+
+    // A workload from a shipped image.
+    let t = std::time::Instant::now();
+    vm.osctl_ok(&[
+        "run",
+        "admin",
+        "--name",
+        "tool",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "echo from-shipped-image",
+    ]);
+    vm.wait_for(
+        "output of the shipped-image workload",
+        Duration::from_secs(60),
+        || {
+            vm.osctl_ok(&["logs", "tool"])
+                .contains("from-shipped-image")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "FIGURE osctl run -> first output {:.2} s (shipped image)",
+        t.elapsed().as_secs_f64()
+    );
+    vm.wait_for("tool exited", Duration::from_secs(30), || {
+        (state(&vm, "tool").0 == "exited").then_some(())
+    });
+    vm.osctl_ok(&["rm", "tool"]);
+
+    // A memory-limited workload that exceeds its limit is OOM-killed, and ps says so.
+    vm.osctl_ok(&[
+        "run",
+        "admin",
+        "--name",
+        "hog",
+        "--memory",
+        "16M",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    let c = vm.wait_for("the OOM kill reported", Duration::from_secs(60), || {
+        let (st, _, c) = state(&vm, "hog");
+        (st == "failed").then_some(c)
+    });
+    assert!(
+        c["message"].as_str().unwrap_or("").contains("OOM-killed"),
+        "{c:#}"
+    );
+    assert_eq!(c["exit_code"], 137, "{c:#}");
+    vm.osctl_ok(&["rm", "hog"]);
+
     // A workload from the registry with a memory limit and a volume.
     let web = format!("{GUEST_REGISTRY}/test/busybox:1");
     let script = "echo hello-from-web $FROM_IMAGE $GREETING; echo persisted > /data/file; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
@@ -181,4 +253,28 @@ fn containers_run_log_restart_and_survive() {
     assert!(state(&vm, "web").0.is_empty());
     vm.osctl_ok(&["rmi", &web]);
     assert!(!vm.osctl_ok(&["images"]).contains("test/busybox"));
+
+    // Errors are clear and disturb nothing.
+    let out = vm.osctl(&["stop", "no-such"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no container named"));
+    let out = vm.osctl(&[
+        "run",
+        &format!("{GUEST_REGISTRY}/test/missing:1"),
+        "--name",
+        "ghost",
+    ]);
+    assert!(!out.status.success());
+    assert!(state(&vm, "ghost").0.is_empty());
+    assert_eq!(state(&vm, "admin").0, "running");
+
+    // poweroff stops the containers (sysd well within PID 1's budget) and QEMU exits.
+    vm.osctl_ok(&["poweroff"]);
+    assert!(vm.wait_exit(Duration::from_secs(90)), "QEMU did not exit");
+    let log = vm.serial();
+    assert!(log.contains("sysd stopped"), "sysd did not stop in order");
+    assert!(
+        !log.contains("sysd did not stop within"),
+        "PID 1 had to kill sysd"
+    );
 }

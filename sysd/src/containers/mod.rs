@@ -1042,7 +1042,7 @@ async fn supervise(
                             want = false;
                             continue;
                         }
-                        match backoff(&sh, &name, &spec, quick_failures, &mut rx).await {
+                        match backoff(&sh, &name, &spec, quick_failures, None, &mut rx).await {
                             Some(Cmd::Remove) => {
                                 cleanup(&sh, &name).await;
                                 return;
@@ -1098,9 +1098,26 @@ async fn supervise(
                 stop_pid(&sh, &name, pid, &mut exit).await
             }
         };
+        // Before the cgroup goes: did the kernel's OOM killer end it?
+        let oom = sh
+            .rt
+            .stats(&name)
+            .ok()
+            .and_then(|s| s.oom_kill_events)
+            .unwrap_or(0)
+            > 0;
         cleanup(&sh, &name).await;
         let ran = started.elapsed();
-        tracing::info!(container = %name, code, "exited after {:.1} s", ran.as_secs_f64());
+        tracing::info!(container = %name, code, oom, "exited after {:.1} s", ran.as_secs_f64());
+        let oom_note = oom.then(|| {
+            format!(
+                "OOM-killed: it reached its memory limit{}",
+                spec.limits
+                    .memory
+                    .map(|m| format!(" of {} MiB", m.bytes() >> 20))
+                    .unwrap_or_default()
+            )
+        });
         update(&sh, &name, |e| {
             e.exit_code = code;
             e.pid = 0;
@@ -1134,7 +1151,9 @@ async fn supervise(
             want = false;
             update(&sh, &name, |e| {
                 e.state = if code == 0 { "exited" } else { "failed" };
-                e.message = format!("exited with status {code}");
+                e.message = oom_note
+                    .clone()
+                    .unwrap_or_else(|| format!("exited with status {code}"));
             });
             continue;
         }
@@ -1152,7 +1171,10 @@ async fn supervise(
             continue;
         }
         update(&sh, &name, |e| e.restarts += 1);
-        match backoff(&sh, &name, &spec, quick_failures, &mut rx).await {
+        if let Some(n) = &oom_note {
+            tracing::warn!(container = %name, "{n}");
+        }
+        match backoff(&sh, &name, &spec, quick_failures, oom_note.clone(), &mut rx).await {
             Some(Cmd::Remove) => return,
             Some(Cmd::Stop) => {
                 want = false;
@@ -1169,6 +1191,7 @@ async fn backoff(
     name: &str,
     spec: &ContainerSpec,
     quick: u32,
+    note: Option<String>,
     rx: &mut mpsc::UnboundedReceiver<Cmd>,
 ) -> Option<Cmd> {
     let base = spec.restart.backoff.get();
@@ -1191,6 +1214,9 @@ async fn backoff(
             );
         } else if e.state != "failed" {
             e.message = format!("restarting in {:.1} s", delay.as_secs_f64());
+        }
+        if let Some(n) = &note {
+            e.message = format!("{n}; {}", e.message);
         }
     });
     tokio::select! {
