@@ -74,10 +74,13 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(BUILD)/kernel/busybox:
+# The kernel, systemd-boot and the packages the system container images are built from
+# (one run makes them all: a grouped target, so make -j does not run the script twice).
+SYSIMAGE_DEBS := $(BUILD)/kernel/busybox $(BUILD)/kernel/debs/openntpd/usr/sbin/ntpd
+$(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(SYSIMAGE_DEBS) &:
 	kernel-config/fetch-kernel.sh $(ARCH) $(BUILD)/kernel $(KERNEL_FLAVOUR)
 
-kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(BUILD)/kernel/busybox
+kernel: deps $(BUILD)/kernel/version $(BUILD)/kernel/systemd-boot.efi $(SYSIMAGE_DEBS)
 ifneq ($(FIRMWARE_PKGS),)
 	kernel-config/fetch-firmware.sh $(BUILD)/firmware $(FIRMWARE_PKGS)
 endif
@@ -102,8 +105,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Unit tests and privileged host tests (CI runs as root).
+# berth-image's tests build the ntpd image from the real x86_64 packages and run it.
 unit:
-	$(CARGO) test --workspace --exclude berth-tests
+	kernel-config/fetch-kernel.sh x86_64 build/x86_64/kernel
+	BERTH_KERNEL_DIR=$(CURDIR)/build/x86_64/kernel $(CARGO) test --workspace --exclude berth-tests
 
 # Whole-system tests: boot the real images (cloud and metal profiles) in QEMU, drive them
 # with osctl.

@@ -163,7 +163,7 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
             std::os::unix::fs::symlink(t, dir.join(l)),
         )?;
     }
-    crate::sysimage::install(dir, opts.arch, &opts.kernel_dir.join("busybox"))?;
+    crate::sysimage::install(dir, opts.arch, &opts.kernel_dir)?;
     write(&dir.join("etc/hostname"), b"berth\n", 0o644)?;
     write(
         &dir.join("etc/passwd"),

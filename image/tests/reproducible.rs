@@ -44,6 +44,17 @@ fn same_inputs_same_root_image() {
     // Stands in for busybox-static (the system container images are built from it).
     std::fs::create_dir_all(dir.join("kernel")).unwrap();
     std::fs::write(dir.join("kernel/busybox"), "b".repeat(10_000)).unwrap();
+    // And for the unpacked openntpd and libc6 packages (the ntpd image).
+    let debs = dir.join("kernel/debs");
+    for (p, content) in [
+        ("openntpd/usr/sbin/ntpd", "n"),
+        ("libc6/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "l"),
+        ("libc6/lib/x86_64-linux-gnu/libc.so.6", "c"),
+        ("libc6/lib/x86_64-linux-gnu/libm.so.6", "m"),
+    ] {
+        std::fs::create_dir_all(debs.join(p).parent().unwrap()).unwrap();
+        std::fs::write(debs.join(p), content.repeat(10_000)).unwrap();
+    }
     let (a, ha) = root_image(&dir, "id1", "a");
     // Touch the inputs: timestamps must not matter.
     std::thread::sleep(std::time::Duration::from_millis(1100));
