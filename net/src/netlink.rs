@@ -133,6 +133,19 @@ pub struct InterfaceStatus {
     pub addresses: Vec<Cidr>,
 }
 
+impl InterfaceStatus {
+    /// `up`, `no-carrier` (administratively up, no link) or `down`.
+    pub fn state(&self) -> &'static str {
+        if self.link.up && self.link.lower_up {
+            "up"
+        } else if self.link.up {
+            "no-carrier"
+        } else {
+            "down"
+        }
+    }
+}
+
 /// Addresses and default routes, for `osctl status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetStatus {
@@ -145,15 +158,14 @@ pub struct NetStatus {
 impl fmt::Display for NetStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for i in &self.interfaces {
-            let state = if i.link.up && i.link.lower_up {
-                "up"
-            } else if i.link.up {
-                "no-carrier"
-            } else {
-                "down"
-            };
             let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
-            writeln!(f, "{:<10} {:<10} {}", i.link.name, state, addrs.join(" "))?;
+            writeln!(
+                f,
+                "{:<10} {:<10} {}",
+                i.link.name,
+                i.state(),
+                addrs.join(" ")
+            )?;
         }
         match self.default_routes.first() {
             Some(r) => {

@@ -109,15 +109,8 @@ pub async fn network_status() -> (Vec<String>, String) {
                 .interfaces
                 .iter()
                 .map(|i| {
-                    let state = if i.link.up && i.link.lower_up {
-                        "up"
-                    } else if i.link.up {
-                        "no-carrier"
-                    } else {
-                        "down"
-                    };
                     let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
-                    format!("{} {} {}", i.link.name, state, addrs.join(" "))
+                    format!("{} {} {}", i.link.name, i.state(), addrs.join(" "))
                         .trim_end()
                         .to_string()
                 })
