@@ -110,13 +110,16 @@ unit:
 	kernel-config/fetch-kernel.sh x86_64 build/x86_64/kernel
 	BERTH_KERNEL_DIR=$(CURDIR)/build/x86_64/kernel $(CARGO) test --workspace --exclude berth-tests
 
-# Whole-system tests: boot the real images (cloud and metal profiles) in QEMU, drive them
+# Whole-system tests: boot the real images (cloud and metal profiles, and the arm64 image,
+# whose `make image ARCH=arm64` also installs the cross toolchain) in QEMU, drive them
 # with osctl.
 system-test: image
 	$(MAKE) image PROFILE=metal
+	$(MAKE) image ARCH=arm64
 	$(CARGO) build -p berth-osctl
 	BERTH_IMAGE=$(CURDIR)/build/$(ARCH)/berth.img \
 	BERTH_IMAGE_METAL=$(CURDIR)/build/$(ARCH)-metal/berth.img \
+	BERTH_IMAGE_ARM64=$(CURDIR)/build/arm64/berth.img \
 	BERTH_OSCTL=$(CURDIR)/target/debug/osctl \
 		$(CARGO) test -p berth-tests -- --test-threads=1
 

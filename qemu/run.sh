@@ -65,7 +65,10 @@ case "$arch" in
     code=/usr/share/OVMF/OVMF_CODE_4M.fd vars=/usr/share/OVMF/OVMF_VARS_4M.fd ;;
   arm64)
     qemu=qemu-system-aarch64
-    machine=(-M virt -cpu cortex-a57)
+    # virtio-rng: cortex-a57 has no RNG instruction; without a host entropy source the
+    # guest kernel's RNG stays uninitialised and getrandom() blocks (x86_64's -cpu max has
+    # RDRAND).
+    machine=(-M virt -cpu cortex-a57 -device virtio-rng-pci)
     code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd ;;
   *) echo "run.sh: unknown arch $arch (x86_64 or arm64)" >&2; exit 2 ;;
 esac

@@ -229,6 +229,24 @@ fn resolve(t: Target, here: usize, fail: usize) -> Option<u8> {
 /// unconditional `(action, rule index)` for one syscall number.
 type RulesForNr = (Vec<(Vec<Cond>, u32, usize)>, Option<(u32, usize)>);
 
+/// Kernel syscall names (as libseccomp, Docker's profile and runc spell them) that the
+/// `syscalls` crate spells differently on this architecture: on aarch64 (asm-generic) it
+/// calls `newfstatat` (nr 79) `fstatat`. Without this, glibc's `stat` on arm64 is denied.
+#[cfg(target_arch = "aarch64")]
+const ALIASES: &[(&str, &str)] = &[("newfstatat", "fstatat")];
+#[cfg(not(target_arch = "aarch64"))]
+const ALIASES: &[(&str, &str)] = &[];
+
+/// The native syscall number of a kernel syscall name, if this architecture has it.
+fn sysno(name: &str) -> Option<syscalls::Sysno> {
+    syscalls::Sysno::from_str(name).ok().or_else(|| {
+        ALIASES
+            .iter()
+            .find(|(kernel, _)| *kernel == name)
+            .and_then(|(_, krate)| syscalls::Sysno::from_str(krate).ok())
+    })
+}
+
 /// Compiles the OCI seccomp section for the native architecture.
 /// Syscall names unknown on this architecture are skipped, as runc does.
 pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
@@ -262,7 +280,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program, SeccompError> {
             });
         }
         for name in sc.names() {
-            let Ok(nr) = syscalls::Sysno::from_str(name) else {
+            let Some(nr) = sysno(name) else {
                 tracing::debug!(syscall = %name, "unknown syscall name skipped");
                 continue;
             };
@@ -683,5 +701,17 @@ mod tests {
         let s = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#);
         assert_eq!(compile_cached(&s).unwrap(), compile(&s).unwrap());
         assert_eq!(compile_cached(&s).unwrap(), compile(&s).unwrap());
+    }
+
+    /// glibc's `stat`/`fstatat` use newfstatat on both 64-bit arches (nr 262 on x86_64,
+    /// 79 on aarch64, where the syscalls crate names it `fstatat`).
+    #[test]
+    fn newfstatat_has_a_number_on_every_arch() {
+        let nr = sysno("newfstatat").map(|s| s.id());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(nr, Some(262));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(nr, Some(79));
+        assert!(sysno("no_such_call").is_none());
     }
 }
