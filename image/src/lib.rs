@@ -10,8 +10,12 @@
 pub mod bls;
 pub mod build;
 pub mod cpio;
+pub mod inspect;
 pub mod layout;
 pub mod modules;
+pub mod oscli;
+pub mod publish;
+pub mod signing;
 pub mod sysimage;
 pub mod tools;
 

@@ -51,6 +51,9 @@ enum Cmd {
         #[arg(long)]
         firmware: Option<PathBuf>,
     },
+    // OS update subcommands (keygen, publish, sign, verify, inspect): image/src/oscli.rs.
+    #[command(flatten)]
+    Os(berth_image::oscli::OsCommand),
     // Registry subcommands (pull, unpack, push, copy): owned by the berth-registry crate.
     #[command(flatten)]
     Registry(berth_registry::cli::Command),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Registry(cmd) => Ok(berth_registry::cli::run(cmd)?),
+        Cmd::Os(cmd) => berth_image::oscli::run(cmd),
         Cmd::Build {
             arch,
             kernel,

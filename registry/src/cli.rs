@@ -146,7 +146,8 @@ fn parse_loc(s: &str) -> Result<Loc, CliError> {
     Ok(Loc::Registry(Reference::parse(s)?))
 }
 
-fn client(args: &RegistryArgs) -> Result<Client, CliError> {
+/// A client for these registry settings (used by `berth-image`'s OS-update commands too).
+pub fn client(args: &RegistryArgs) -> Result<Client, CliError> {
     let ca_pem = match &args.ca {
         Some(p) => Some(std::fs::read(p).map_err(|source| CliError::Io {
             op: "read",

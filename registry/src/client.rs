@@ -680,18 +680,33 @@ impl Client {
         d: &Descriptor,
         progress: Option<Progress>,
     ) -> BlobStream {
+        self.blob_stream_from(r, d, Hasher::new(), progress)
+    }
+
+    /// Resume a blob download: `prefix` has hashed the first `prefix.len()` bytes of the
+    /// blob (data the caller already has, e.g. read back from where it was written), and
+    /// the stream yields only the bytes after them (HTTP Range). The final chunk still
+    /// verifies the digest and size of the whole blob.
+    pub fn blob_stream_from(
+        &self,
+        r: &Reference,
+        d: &Descriptor,
+        prefix: Hasher,
+        progress: Option<Progress>,
+    ) -> BlobStream {
         let (tx, rx) = mpsc::channel(16);
         let me = self.clone();
         let r = r.clone();
         let d2 = d.clone();
+        let start = prefix.len();
         tokio::spawn(async move {
-            if let Err(e) = me.pump_blob(&r, &d2, &tx, progress).await {
+            if let Err(e) = me.pump_blob(&r, &d2, start, &tx, progress).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
         BlobStream {
             rx,
-            hasher: Hasher::new(),
+            hasher: prefix,
             digest: d.digest.clone(),
             size: d.size,
             done: false,
@@ -702,11 +717,15 @@ impl Client {
         &self,
         r: &Reference,
         d: &Descriptor,
+        start: u64,
         tx: &mpsc::Sender<Result<Bytes, ClientError>>,
         progress: Option<Progress>,
     ) -> Result<(), ClientError> {
         let hosts = self.hosts(r);
-        let mut offset = 0u64;
+        let mut offset = start;
+        if offset >= d.size {
+            return Ok(());
+        }
         let mut failures = 0u32;
         let mut hi = 0usize;
         let what = format!("blob {}", d.digest);
