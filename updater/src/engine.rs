@@ -224,6 +224,8 @@ pub struct ApplyOptions {
     pub progress: Option<ApplyProgress>,
     /// Set to stop the apply at the next checkpoint (it resumes on the next apply).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Bytes between durable checkpoints of the slot write; 0 means [`CHECKPOINT`].
+    pub checkpoint_bytes: u64,
 }
 
 /// What a check found.
@@ -952,12 +954,17 @@ impl Updater {
         let dev2 = dev.to_path_buf();
         let mut job2 = job.clone();
         let cancel = opts.cancel.clone();
+        let every = if opts.checkpoint_bytes == 0 {
+            CHECKPOINT
+        } else {
+            opts.checkpoint_bytes
+        };
         let state_dir = self.settings.state_dir.clone();
         let version = job.target.config.version.clone();
         let (res, job2, tt) = tokio::task::spawn_blocking(move || {
             let mut tt = Timings::default();
             let res = write_loop(
-                stream, f, &dev2, &mut job2, cancel, &state_dir, &version, &mut tt,
+                stream, f, &dev2, &mut job2, cancel, every, &state_dir, &version, &mut tt,
             );
             (res, job2, tt)
         })
@@ -1312,6 +1319,7 @@ fn write_loop(
     dev: &Path,
     job: &mut Job,
     cancel: Option<Arc<AtomicBool>>,
+    every: u64,
     state_dir: &Path,
     version: &str,
     t: &mut Timings,
@@ -1351,7 +1359,7 @@ fn write_loop(
         pos += chunk.len() as u64;
         since += chunk.len() as u64;
         t.downloaded_bytes += chunk.len() as u64;
-        if since >= CHECKPOINT {
+        if since >= every {
             job.written = pos;
             checkpoint(&f, job, t)?;
             since = 0;
