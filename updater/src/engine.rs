@@ -512,8 +512,7 @@ impl Updater {
     pub async fn check(&self, source: Option<&Reference>) -> Result<CheckResult, UpdateError> {
         let r = self.source(source)?;
         let res = self.check_inner(&r).await;
-        let mut st = State::load(&self.settings.state_dir);
-        st.last_check = Some(match &res {
+        let rec = match &res {
             Ok(c) => CheckRecord {
                 at: fsutil::now_unix(),
                 offered: Some(c.version.clone()),
@@ -526,8 +525,8 @@ impl Updater {
                 update_available: false,
                 error: Some(e.to_string()),
             },
-        });
-        st.save(&self.settings.state_dir)?;
+        };
+        State::modify(&self.settings.state_dir, |st| st.last_check = Some(rec))?;
         res
     }
 
@@ -568,12 +567,16 @@ impl Updater {
         let r = self.source(source)?;
         let started = Instant::now();
         let res = self.apply_inner(&r, opts, started).await;
-        let mut st = State::load(&self.settings.state_dir);
+        State::modify(&self.settings.state_dir, |st| self.record_apply(st, &res))?;
+        res
+    }
+
+    fn record_apply(&self, st: &mut State, res: &Result<ApplyOutcome, UpdateError>) {
         let (version, slot) = match &st.job {
             Some(j) => (Some(j.target.config.version.clone()), Some(j.slot)),
             None => (None, None),
         };
-        st.last_apply = Some(match &res {
+        st.last_apply = Some(match res {
             Ok(o) => ApplyRecord {
                 at: fsutil::now_unix(),
                 version: Some(o.version.clone()),
@@ -601,14 +604,10 @@ impl Updater {
         if res.is_ok() {
             st.job = None;
         }
-        st.save(&self.settings.state_dir)?;
-        res
     }
 
     fn save_job(&self, job: &Job) -> Result<(), UpdateError> {
-        let mut st = State::load(&self.settings.state_dir);
-        st.job = Some(job.clone());
-        st.save(&self.settings.state_dir)?;
+        State::modify(&self.settings.state_dir, |st| st.job = Some(job.clone()))?;
         Ok(())
     }
 
@@ -1100,7 +1099,7 @@ impl Updater {
         let _lock = self.lock()?;
         let s = &self.settings;
         let slot = s.running.slot.other();
-        let mut st = State::load(&s.state_dir);
+        let st = State::load(&s.state_dir);
         if st.job.as_ref().is_some_and(|j| j.slot == slot) {
             return Err(UpdateError::NoRollbackTarget {
                 slot,
@@ -1164,13 +1163,13 @@ impl Updater {
             version: e.version.clone(),
             options: e.options.clone(),
         };
-        st.last_rollback = Some(RollbackRecord {
+        let rec = RollbackRecord {
             at: fsutil::now_unix(),
             to_slot: slot,
             version: e.version.clone(),
             entry: name.file_name(),
-        });
-        st.save(&s.state_dir)?;
+        };
+        State::modify(&s.state_dir, |st| st.last_rollback = Some(rec))?;
         Ok(EntryStatus::from(&new))
     }
 
@@ -1181,8 +1180,12 @@ impl Updater {
         let s = &self.settings;
         let running = &s.running;
         let entries = bls::list(&s.esp)?;
-        let mut st = State::load(&s.state_dir);
-        let mut changed = false;
+        Ok(State::modify(&s.state_dir, |st| {
+            Self::boot_check_state(running, &entries, st)
+        })?)
+    }
+
+    fn boot_check_state(running: &Running, entries: &[bls::Entry], st: &mut State) -> BootCheck {
         if st.job.as_ref().is_some_and(|j| j.slot == running.slot) {
             // The apply finished writing the entry (or we would not boot this slot).
             if let Some(j) = st.job.take() {
@@ -1202,10 +1205,9 @@ impl Updater {
                     });
                 }
             }
-            changed = true;
         }
         let newest = entries.iter().max_by_key(|e| e.name.generation);
-        let result = match newest {
+        match newest {
             Some(e) if e.name.slot != running.slot && e.name.exhausted() => {
                 let version = e.version.clone().unwrap_or_else(|| "unknown".into());
                 let root_hash = e.options.as_deref().and_then(|o| {
@@ -1229,7 +1231,6 @@ impl Updater {
                             e.file, running.slot, running.version
                         ),
                     });
-                    changed = true;
                 }
                 BootCheck::FellBack {
                     failed_version: version,
@@ -1247,11 +1248,7 @@ impl Updater {
                 }
             }
             _ => BootCheck::Normal,
-        };
-        if changed {
-            st.save(&s.state_dir)?;
         }
-        Ok(result)
     }
 
     /// Everything `osctl update status` shows.
@@ -1328,9 +1325,7 @@ fn write_loop(
         let t0 = Instant::now();
         io("syncing", dev, f.sync_data())?;
         t.write_secs += t0.elapsed().as_secs_f64();
-        let mut st = State::load(state_dir);
-        st.job = Some(job.clone());
-        st.save(state_dir)?;
+        State::modify(state_dir, |st| st.job = Some(job.clone()))?;
         Ok(())
     };
     io("seeking", dev, f.seek(SeekFrom::Start(job.written)))?;

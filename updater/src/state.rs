@@ -223,6 +223,30 @@ impl State {
         fsutil::write_atomic(&p, &json).map_err(|e| io("writing", e))
     }
 
+    /// Load, change and save under an exclusive lock (`<dir>/state.lock`), so concurrent
+    /// writers (a check during an apply) do not lose each other's updates.
+    pub fn modify<T>(dir: &Path, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+        let lock_path = dir.join("state.lock");
+        let io = |what, source| StateError::Io {
+            what,
+            path: lock_path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of", e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("opening the lock of", e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("locking", e.into()))?;
+        let mut st = State::load(dir);
+        let out = f(&mut st);
+        st.save(dir)?;
+        Ok(out)
+    }
+
     /// Whether `version` (or the image with `root_hash`) is recorded as failed.
     pub fn is_failed(&self, version: &str, root_hash: &str) -> bool {
         self.failed
