@@ -49,7 +49,7 @@ APT_PACKAGES_ARM64 := rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu 
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps kernel bins image run test lint unit system-test fuzz bench clean help
+.PHONY: all deps deps-arm64 kernel bins image run test lint unit system-test fuzz bench clean help
 
 all: image
 
@@ -73,6 +73,9 @@ deps:
 	  echo "make deps: installing$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+deps-arm64:
+	$(MAKE) deps ARCH=arm64
 
 # The kernel, systemd-boot and the packages the system container images are built from
 # (one run makes them all: a grouped target, so make -j does not run the script twice).
@@ -126,7 +129,8 @@ system-test: image
 fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS)
 
-test: deps lint unit system-test
+# system-test builds the arm64 image too: install its cross toolchain up front.
+test: deps deps-arm64 lint unit system-test
 	@if [ -x fuzz/run.sh ]; then fuzz/run.sh 10; fi
 	@echo "make test: all tiers passed"
 
