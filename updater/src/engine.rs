@@ -1438,3 +1438,16 @@ fn verify_written(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sysd runs these on tokio tasks (D-Bus handlers): the futures must be Send.
+    #[allow(dead_code)]
+    fn futures_are_send(u: &Updater, o: &ApplyOptions) {
+        fn send<T: Send>(_: T) {}
+        send(u.apply(None, o));
+        send(u.check(None));
+    }
+}
