@@ -1,12 +1,15 @@
 //! systemd-boot configuration: `loader.conf` and Boot Loader Spec type 1 entries.
 
+use berth_updater::bls::{self, Slot};
+
 /// `\loader\loader.conf`. No `default`: with systemd-boot 252 an explicit default defeats
 /// boot-counting fallback; the highest-sorting entry boots first.
 pub fn loader_conf() -> &'static str {
     "timeout 0\neditor no\nconsole-mode keep\n"
 }
 
-/// One boot entry.
+/// One boot entry as the image builder writes it. Names, text and command line come from
+/// `berth_updater::bls`, the one definition the updater also writes and parses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Generation counter: the newest install sorts highest.
@@ -18,37 +21,41 @@ pub struct Entry {
     pub tries_left: Option<u32>,
 }
 
+fn slot(c: char) -> Slot {
+    if c == 'b' {
+        Slot::B
+    } else {
+        Slot::A
+    }
+}
+
 impl Entry {
     /// `berth-<generation>-<slot>[+<left>].conf`.
     pub fn file_name(&self) -> String {
-        let counter = self.tries_left.map(|n| format!("+{n}")).unwrap_or_default();
-        format!("berth-{:08}-{}{}.conf", self.generation, self.slot, counter)
+        bls::EntryName {
+            generation: self.generation.into(),
+            slot: slot(self.slot),
+            tries_left: self.tries_left,
+            tries_done: None,
+        }
+        .file_name()
     }
 
     /// Directory on the ESP holding this slot's kernel and initrd.
     pub fn slot_dir(&self) -> String {
-        format!("/berth/{}", self.slot)
+        format!("/{}", slot(self.slot).esp_dir())
     }
 
     /// Entry file contents.
     pub fn render(&self) -> String {
-        format!(
-            "title Berth {v} (slot {s})\nversion {v}\nlinux {d}/vmlinuz\ninitrd {d}/initrd\noptions {o}\n",
-            v = self.version,
-            s = self.slot,
-            d = self.slot_dir(),
-            o = self.options
-        )
+        bls::render(slot(self.slot), &self.version, &self.options)
     }
 }
 
 /// Kernel command line for a slot: the base line from `kernel-config/` plus Berth's own
 /// parameters (slot and verity).
-pub fn options(base: &str, slot: char, root_hash: &str, salt: &str, data_blocks: u64) -> String {
-    format!(
-        "{} berth.slot={slot} berth.verity={root_hash} berth.verity.salt={salt} berth.verity.blocks={data_blocks}",
-        base.trim()
-    )
+pub fn options(base: &str, slot_c: char, root_hash: &str, salt: &str, data_blocks: u64) -> String {
+    bls::options(base, slot(slot_c), root_hash, salt, data_blocks)
 }
 
 #[cfg(test)]
