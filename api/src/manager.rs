@@ -21,6 +21,10 @@ pub struct Status {
     /// `NAME VERSION (build BUILD_ID)` from the shipped os-release.
     pub os: String,
     pub version: String,
+    /// Berth architecture of the running image: `x86_64` or `arm64`. Part of the D-Bus
+    /// signature; empty when JSON saved before the field existed is read back.
+    #[serde(default)]
+    pub arch: String,
     pub build_id: String,
     pub slot: String,
     pub hostname: String,
@@ -215,6 +219,29 @@ pub trait Manager {
     /// Validate `config` (TOML) with the node's rules, apply it live on trial, and keep it
     /// only if the node is healthy within `deadline` seconds (0 = default 120).
     fn config_apply(&self, config: &str, deadline: u32) -> Result<String, ManagerError>;
+    /// OS update state as JSON: `status` (slots, entries, versions, last check/apply/
+    /// rollback, failed versions, an apply in progress), `boot` (this boot's check and
+    /// blessing), `policy`, `health_deadline_secs`.
+    fn update_status(&self) -> Result<String, ManagerError>;
+    /// Look for a new OS version in `source` (empty: the configured `update.source`);
+    /// JSON: version offered, whether it is an update, signer, sizes.
+    fn update_check(&self, source: &str) -> Result<String, ManagerError>;
+    /// Install the newest OS version on the other slot (resumes an interrupted one);
+    /// progress arrives as `UpdateProgress` signals. JSON: `outcome` (version, slot,
+    /// entry, timings) and `reboot` (what the policy decided).
+    fn update_apply(
+        &self,
+        source: &str,
+        allow_downgrade: bool,
+        force: bool,
+    ) -> Result<String, ManagerError>;
+    /// Boot the other slot next time and keep it; JSON: its boot entry.
+    fn update_rollback(&self, force: bool) -> Result<String, ManagerError>;
+    /// Progress of a running update apply: a step starting (`detail` says what it does,
+    /// `done` = `total` = 0), or bytes of the `download` / `verify` phases.
+    #[zbus(signal)]
+    fn update_progress(&self, phase: &str, detail: &str, done: u64, total: u64)
+        -> zbus::Result<()>;
     /// Progress of a running pull: bytes done and total, layers done and total.
     #[zbus(signal)]
     fn pull_progress(
@@ -225,4 +252,22 @@ pub trait Manager {
         layers_done: u32,
         layers: u32,
     ) -> zbus::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_without_arch_still_parses() {
+        let mut v = serde_json::to_value(Status {
+            arch: "arm64".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(v["arch"], "arm64");
+        v.as_object_mut().unwrap().remove("arch");
+        let s: Status = serde_json::from_value(v).unwrap();
+        assert_eq!(s.arch, "");
+    }
 }

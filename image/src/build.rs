@@ -36,6 +36,12 @@ pub struct BuildOptions {
     /// selected modules name in `modinfo firmware=` and that exist there go into the
     /// initramfs under `/lib/firmware`. `None`: no firmware.
     pub firmware_dir: Option<PathBuf>,
+    /// Public keys (PEM, like `cosign.pub`) trusted to sign OS updates: copied to
+    /// `/usr/lib/berth/keys/<file name>` (the name must end in `.pub`).
+    pub trusted_keys: Vec<PathBuf>,
+    /// Extra system service definitions (`ContainerSpec` TOML, e.g. a vendor agent) added
+    /// to `/usr/lib/berth/services/<name>.toml` next to the shipped ones.
+    pub extra_services: Vec<PathBuf>,
 }
 
 /// What a build produced (also written to `OUT/image.json`).
@@ -82,6 +88,10 @@ pub enum BuildError {
     NoRootHash,
     #[error("system container images")]
     SysImage(#[from] crate::sysimage::SysImageError),
+    #[error("update key {path}: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("service definition {path}: {reason}")]
+    BadService { path: PathBuf, reason: String },
 }
 
 fn io<T>(what: &'static str, path: &Path, r: std::io::Result<T>) -> Result<T, BuildError> {
@@ -164,6 +174,7 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
         )?;
     }
     crate::sysimage::install(dir, opts.arch, &opts.kernel_dir)?;
+    install_keys_and_services(opts, dir)?;
     write(&dir.join("etc/hostname"), b"berth\n", 0o644)?;
     write(
         &dir.join("etc/passwd"),
@@ -181,6 +192,48 @@ pub fn root_tree(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
                 fs::Permissions::from_mode(if d == "tmp" { 0o1777 } else { 0o755 }),
             ),
         )?;
+    }
+    Ok(())
+}
+
+/// The trusted update keys and extra services of `opts`, checked before they go in: a key
+/// that does not parse or a service the node would reject fails the build, not the node.
+fn install_keys_and_services(opts: &BuildOptions, dir: &Path) -> Result<(), BuildError> {
+    for k in &opts.trusted_keys {
+        let bad = |reason: String| BuildError::BadKey {
+            path: k.clone(),
+            reason,
+        };
+        let text = io("reading", k, fs::read_to_string(k))?;
+        berth_updater::PublicKey::from_pem(&text, &k.display().to_string())
+            .map_err(|e| bad(e.to_string()))?;
+        let name = k
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.ends_with(".pub"))
+            .ok_or_else(|| bad("the file name must end in .pub".into()))?;
+        write(
+            &dir.join("usr/lib/berth/keys").join(name),
+            text.as_bytes(),
+            0o644,
+        )?;
+    }
+    for f in &opts.extra_services {
+        let text = io("reading", f, fs::read_to_string(f))?;
+        let spec = berth_config::parse_service(&text).map_err(|e| BuildError::BadService {
+            path: f.clone(),
+            reason: e.to_string(),
+        })?;
+        let dest = dir
+            .join("usr/lib/berth/services")
+            .join(format!("{}.toml", spec.name));
+        if dest.exists() {
+            return Err(BuildError::BadService {
+                path: f.clone(),
+                reason: format!("a service named {:?} is already in the image", spec.name),
+            });
+        }
+        write(&dest, text.as_bytes(), 0o644)?;
     }
     Ok(())
 }
@@ -280,7 +333,7 @@ pub fn make_initrd(
         &opts.modules_list,
         fs::read_to_string(&opts.modules_list),
     )?;
-    let order = dep.resolve(&modules::parse_list(&list_text))?;
+    let order = dep.resolve(&modules::parse_list(&list_text, opts.arch.as_str()))?;
 
     let mut w = cpio::Writer::new(Vec::new());
     let e = |r: std::io::Result<()>| io("writing initramfs", out, r);
@@ -575,4 +628,62 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
     write(&out.join("image.json"), json.as_bytes(), 0o644)?;
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, keys: Vec<PathBuf>, services: Vec<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            arch: Arch::X86_64,
+            kernel_dir: dir.join("kernel"),
+            bin_dir: dir.join("bin"),
+            out_dir: dir.join("out"),
+            build_id: "t".into(),
+            version: "1.0.0".into(),
+            modules_list: dir.join("modules.txt"),
+            cmdline: String::new(),
+            systemd_boot: dir.join("boot.efi"),
+            sizes: Sizes::default(),
+            firmware_dir: None,
+            trusted_keys: keys,
+            extra_services: services,
+        }
+    }
+
+    #[test]
+    fn keys_and_services_are_checked_before_they_ship() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let (_, good_pub) = crate::signing::keygen(&d.path().join("vendor")).unwrap();
+        let svc = d.path().join("agent.toml");
+        fs::write(&svc, "name = \"agent\"\nimage = \"admin\"\n").unwrap();
+        install_keys_and_services(&opts(d.path(), vec![good_pub], vec![svc.clone()]), &root)
+            .unwrap();
+        assert!(root.join("usr/lib/berth/keys/vendor.pub").is_file());
+        assert!(root.join("usr/lib/berth/services/agent.toml").is_file());
+
+        // Not a key; a key without .pub; a service the node would reject; a duplicate.
+        let junk = d.path().join("junk.pub");
+        fs::write(&junk, "not a key").unwrap();
+        let e = install_keys_and_services(&opts(d.path(), vec![junk], vec![]), &root);
+        assert!(matches!(e, Err(BuildError::BadKey { .. })), "{e:?}");
+        let named = d.path().join("vendor.pem");
+        fs::copy(d.path().join("vendor.pub"), &named).unwrap();
+        let e = install_keys_and_services(&opts(d.path(), vec![named], vec![]), &root);
+        assert!(
+            matches!(&e, Err(BuildError::BadKey { reason, .. }) if reason.contains(".pub")),
+            "{e:?}"
+        );
+        let bad = d.path().join("bad.toml");
+        fs::write(&bad, "name = \"x\"\nimage = \"admin\"\nrestart = 3\n").unwrap();
+        let e = install_keys_and_services(&opts(d.path(), vec![], vec![bad]), &root);
+        assert!(matches!(e, Err(BuildError::BadService { .. })), "{e:?}");
+        let e = install_keys_and_services(&opts(d.path(), vec![], vec![svc]), &root);
+        assert!(
+            matches!(&e, Err(BuildError::BadService { reason, .. }) if reason.contains("already")),
+            "{e:?}"
+        );
+    }
 }

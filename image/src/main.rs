@@ -50,6 +50,14 @@ enum Cmd {
         /// selected modules name is copied into the initramfs.
         #[arg(long)]
         firmware: Option<PathBuf>,
+        /// Public key (PEM, e.g. from `berth-image keygen`) trusted to sign OS updates,
+        /// shipped in /usr/lib/berth/keys/ (file name must end in .pub). Repeatable.
+        #[arg(long = "trusted-key", value_name = "FILE.pub")]
+        trusted_keys: Vec<PathBuf>,
+        /// Extra system service definition (TOML, as in image/services/) to ship in
+        /// /usr/lib/berth/services/. Repeatable.
+        #[arg(long = "service", value_name = "FILE.toml")]
+        extra_services: Vec<PathBuf>,
     },
     // OS update subcommands (keygen, publish, sign, verify, inspect): image/src/oscli.rs.
     #[command(flatten)]
@@ -85,6 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmdline,
             systemd_boot,
             firmware,
+            trusted_keys,
+            extra_services,
         } => {
             let arch = Arch::parse(&arch)
                 .ok_or_else(|| anyhow::anyhow!("unknown arch {arch:?}: use x86_64 or arm64"))?;
@@ -114,6 +124,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_else(|| PathBuf::from("/usr/lib/systemd/boot/efi").join(efi)),
                 sizes: Sizes::default(),
                 firmware_dir: firmware,
+                trusted_keys,
+                extra_services,
             };
             let o = berth_image::build(&opts)?;
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);

@@ -90,12 +90,19 @@ impl ModulesDep {
     }
 }
 
-/// Read a module list file: one name per line, `#` comments.
-pub fn parse_list(text: &str) -> Vec<String> {
+/// Read a module list file for `arch` (`x86_64`, `arm64`): one name per line, `#`
+/// comments; a name followed by `[x86_64]` or `[arm64]` (several allowed) is only for
+/// those architectures, e.g. `crc32c-intel  [x86_64]  # SSE4.2 crc32c`.
+pub fn parse_list(text: &str, arch: &str) -> Vec<String> {
     text.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
+        .filter_map(|l| {
+            let mut words = l.split('#').next().unwrap_or("").split_whitespace();
+            let name = words.next()?;
+            let arches: Vec<&str> = words
+                .filter_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+                .collect();
+            (arches.is_empty() || arches.contains(&arch)).then(|| name.to_string())
+        })
         .collect()
 }
 
@@ -186,9 +193,15 @@ kernel/drivers/virtio/virtio_ring.ko:
     #[test]
     fn list_file() {
         assert_eq!(
-            parse_list("# disks\nvirtio_blk\n\n erofs # root\n"),
+            parse_list("# disks\nvirtio_blk\n\n erofs # root\n", "x86_64"),
             ["virtio_blk", "erofs"]
         );
+        let tagged = "crc32c-intel [x86_64] # sse4.2\ngenet [arm64]\nahci\nboth [x86_64] [arm64]\n";
+        assert_eq!(
+            parse_list(tagged, "x86_64"),
+            ["crc32c-intel", "ahci", "both"]
+        );
+        assert_eq!(parse_list(tagged, "arm64"), ["genet", "ahci", "both"]);
     }
 
     #[test]

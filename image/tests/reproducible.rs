@@ -20,6 +20,8 @@ fn opts(dir: &Path, build_id: &str) -> BuildOptions {
         systemd_boot: dir.join("boot.efi"),
         sizes: Sizes::default(),
         firmware_dir: None,
+        trusted_keys: Vec::new(),
+        extra_services: Vec::new(),
     }
 }
 

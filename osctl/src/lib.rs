@@ -8,6 +8,7 @@ use berth_api::{ContainerInfo, ContainerStats, ImageInfo, ManagerProxy};
 use std::time::Duration;
 
 pub mod progress;
+pub mod update;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +97,14 @@ pub async fn connect(
 pub fn format_status(s: &berth_api::Status) -> String {
     let mut o = String::new();
     let mut line = |k: &str, v: String| o.push_str(&format!("{k:<14} {v}\n"));
-    line("os", format!("{} (build {})", s.os, s.build_id));
+    line(
+        "os",
+        if s.arch.is_empty() {
+            format!("{} (build {})", s.os, s.build_id)
+        } else {
+            format!("{} {} (build {})", s.os, s.arch, s.build_id)
+        },
+    );
     line("hostname", s.hostname.clone());
     line("slot", s.slot.clone());
     line("kernel", s.kernel.clone());
@@ -354,6 +362,10 @@ mod tests {
     #[test]
     fn status_text_mentions_verity_and_warnings() {
         let s = berth_api::Status {
+            os: "Berth 0.2.0".into(),
+            version: "0.2.0".into(),
+            arch: "arm64".into(),
+            build_id: "abc".into(),
             root: berth_api::MountStatus {
                 target: "/".into(),
                 source: "/dev/dm-0".into(),
@@ -369,6 +381,10 @@ mod tests {
         let t = format_status(&s);
         assert!(
             t.contains("erofs /dev/dm-0 (ro), dm berth-root-a verity 0123456789ab"),
+            "{t}"
+        );
+        assert!(
+            t.contains("os             Berth 0.2.0 arm64 (build abc)\n"),
             "{t}"
         );
         assert!(t.contains("warning        disk on fire"), "{t}");

@@ -122,6 +122,10 @@ enum Cmd {
     /// node's rules (works offline, no machine needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// OS updates: look for a new version, install it on the other slot, see the slots
+    /// and boot entries, roll back.
+    #[command(subcommand)]
+    Update(UpdateCmd),
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
     /// Ordered reboot: stop all containers, unmount, reboot.
@@ -141,13 +145,54 @@ enum ConfigCmd {
     Validate { file: std::path::PathBuf },
     /// Apply a config file to the running machine on trial: validated first (nothing
     /// changes if it is invalid), then applied live; kept once the machine is healthy
-    /// (required services healthy, configured interfaces addressed), otherwise reverted
-    /// to the last known good config after the deadline, also across a reboot.
+    /// (required services healthy, configured interfaces addressed, default gateways
+    /// answering), otherwise reverted to the last known good config after the deadline,
+    /// also across a reboot.
     Apply {
         file: std::path::PathBuf,
         /// Seconds the machine has to become healthy.
         #[arg(long, default_value_t = 120)]
         deadline: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// Running version and slot (blessed or on trial), the other slot, which entry boots
+    /// next, this boot's blessing, the last check/apply/rollback, versions that failed.
+    Status,
+    /// Ask the registry for the newest signed version for this machine's architecture
+    /// and compare it with the running one. Changes nothing.
+    Check {
+        /// Repository:tag to look in instead of update.source.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Download the newest version, verify its signature (trusted keys), digests,
+    /// architecture and version, write it to the other slot, read it back (sha256 and
+    /// dm-verity root hash), install its kernel and boot entry (3 tries). The running
+    /// slot is not touched; an interrupted apply resumes where it stopped. The new
+    /// version runs after a reboot and is kept only if it becomes healthy.
+    Apply {
+        /// Repository:tag to install from instead of update.source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Install even when the version is not newer than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Install even when the version failed to boot healthy before.
+        #[arg(long)]
+        force: bool,
+        /// Reboot into it once installed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Boot the other slot from the next boot on, and keep it (its entry becomes the
+    /// newest, blessed). Takes effect at the next reboot.
+    Rollback {
+        /// Also to a slot whose version is recorded as failed.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -340,6 +385,7 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Cmd::Update(u) => update(&m, u, cli.output).await,
         Cmd::Completions { .. } | Cmd::Config(ConfigCmd::Validate { .. }) => Ok(()),
     };
     match res {
@@ -419,6 +465,62 @@ async fn logs(
         }
         chunk = m.logs_from(name, chunk.next).await?;
     }
+}
+
+/// `osctl update ...`: the machine answers in JSON; text output renders it.
+async fn update(
+    m: &berth_api::ManagerProxy<'static>,
+    cmd: UpdateCmd,
+    out: Output,
+) -> Result<(), berth_api::ManagerError> {
+    use berth_osctl::update as fmt;
+    let print = |text: &str, render: fn(&serde_json::Value) -> String| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        match out {
+            Output::Json => json(&v),
+            Output::Text => print!("{}", render(&v)),
+        }
+    };
+    match cmd {
+        UpdateCmd::Status => print(&m.update_status().await?, fmt::format_status),
+        UpdateCmd::Check { source } => print(
+            &m.update_check(source.as_deref().unwrap_or("")).await?,
+            fmt::format_check,
+        ),
+        UpdateCmd::Apply {
+            source,
+            allow_downgrade,
+            force,
+            reboot,
+        } => {
+            let bar = berth_osctl::progress::watch_update(m, matches!(out, Output::Text)).await;
+            let r = m
+                .update_apply(source.as_deref().unwrap_or(""), allow_downgrade, force)
+                .await;
+            bar.finish();
+            print(&r?, fmt::format_apply);
+            if reboot {
+                m.reboot().await?;
+                if matches!(out, Output::Text) {
+                    println!("rebooting");
+                }
+            }
+        }
+        UpdateCmd::Rollback { force } => {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.update_rollback(force).await?).unwrap_or_default();
+            match out {
+                Output::Json => json(&v),
+                Output::Text => println!(
+                    "slot {} ({}) boots from the next boot on ({}); reboot to switch: osctl reboot",
+                    v["slot"].as_str().unwrap_or("?"),
+                    v["version"].as_str().unwrap_or("unknown version"),
+                    v["file"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn done(out: Output, what: &str) {

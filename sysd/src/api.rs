@@ -20,9 +20,26 @@ pub struct Manager {
     pub containers: Option<crate::containers::Manager>,
     /// Config and network state; `None` in tests of the bare API.
     pub node: Option<std::sync::Arc<crate::node::Node>>,
+    /// OS updates; `None` in tests of the bare API.
+    pub updates: Option<std::sync::Arc<crate::update::NodeUpdates>>,
 }
 
 impl Manager {
+    fn updates(
+        &self,
+    ) -> Result<
+        (
+            &std::sync::Arc<crate::update::NodeUpdates>,
+            berth_config::Config,
+        ),
+        ManagerError,
+    > {
+        match (&self.updates, &self.node) {
+            (Some(u), Some(n)) => Ok((u, n.config())),
+            _ => Err(ManagerError::Failed("updates are not managed here".into())),
+        }
+    }
+
     fn containers(&self) -> Result<&crate::containers::Manager, ManagerError> {
         self.containers
             .as_ref()
@@ -209,6 +226,55 @@ impl Manager {
         };
         node.apply(config, deadline).await
     }
+
+    async fn update_status(&self) -> Result<String, ManagerError> {
+        let (u, config) = self.updates()?;
+        u.status(&config)
+    }
+
+    async fn update_check(&self, source: &str) -> Result<String, ManagerError> {
+        let (u, config) = self.updates()?;
+        u.check(&config, source).await
+    }
+
+    async fn update_apply(
+        &self,
+        source: &str,
+        allow_downgrade: bool,
+        force: bool,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<String, ManagerError> {
+        let (u, config) = self.updates()?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, u64, u64)>();
+        let emitter = emitter.to_owned();
+        let task = tokio::spawn(async move {
+            while let Some((phase, detail, done, total)) = rx.recv().await {
+                let _ = Manager::update_progress(&emitter, &phase, &detail, done, total).await;
+            }
+        });
+        let progress = crate::update::progress_events(move |p, d, n, t| {
+            let _ = tx.send((p, d, n, t));
+        });
+        let r = u
+            .apply(&config, source, allow_downgrade, force, Some(progress))
+            .await;
+        drain(task).await;
+        r
+    }
+
+    async fn update_rollback(&self, force: bool) -> Result<String, ManagerError> {
+        let (u, config) = self.updates()?;
+        u.rollback(&config, force).await
+    }
+
+    #[zbus(signal)]
+    async fn update_progress(
+        emitter: &SignalEmitter<'_>,
+        phase: &str,
+        detail: &str,
+        done: u64,
+        total: u64,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
     async fn pull_progress(

@@ -13,5 +13,6 @@ pub mod containers;
 pub mod node;
 pub mod status;
 mod sys;
+pub mod update;
 
 pub use sys::ReadyFd;

@@ -68,18 +68,10 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
         .map(|b| b.boot_count)
         .unwrap_or(0);
-    // Host-network containers bind /etc/resolv.conf: have one (the config's DNS) before
-    // the first container starts; DHCP leases add theirs as they come.
-    if !Path::new("/etc/resolv.conf").exists() {
-        let text = config.resolv_conf(&[], &[]);
-        if let Err(e) =
-            berth_config::store::write_atomic(Path::new("/etc/resolv.conf"), text.as_bytes())
-        {
-            tracing::warn!("cannot write /etc/resolv.conf: {e}");
-        }
-    }
     let node = berth_sysd::node::Node::new(config.clone(), containers.clone(), boot);
     node.start_network();
+    berth_sysd::update::reset_esp();
+    let updates = berth_sysd::update::NodeUpdates::new();
     let socket = Path::new(berth_api::SOCKET_PATH);
     let listener = berth_sysd::api::listen(socket)?;
     tokio::spawn(berth_sysd::api::serve(
@@ -88,6 +80,7 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             sysd_start: start,
             containers: containers.clone(),
             node: Some(node.clone()),
+            updates: Some(updates.clone()),
         },
     ));
 
@@ -121,6 +114,8 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         }
     }
     node.resume();
+    tokio::spawn(updates.clone().at_boot(node.clone()));
+    tokio::spawn(updates.auto(node.clone()));
     term.recv().await;
     tracing::info!("sysd stopping (SIGTERM): stopping containers");
     if let Some(m) = &containers {

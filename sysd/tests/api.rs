@@ -11,6 +11,7 @@ async fn status_over_a_socket_pair() {
             sysd_start: 7,
             containers: None,
             node: None,
+            updates: None,
         },
     ));
     let conn = zbus::connection::Builder::unix_stream(client_end)
@@ -22,6 +23,8 @@ async fn status_over_a_socket_pair() {
     let st = m.status().await.unwrap();
     assert_eq!(st.sysd_starts, 7);
     assert_eq!(st.sysd_pid, std::process::id());
+    // The arch crosses the wire (it is part of the Status signature).
+    assert!(st.arch == "x86_64" || st.arch == "arm64", "{:?}", st.arch);
     // On a development host there is no Berth os-release: reported, not hidden.
     if !std::path::Path::new(berth_api::OS_RELEASE_PATH).exists() {
         assert!(
@@ -49,6 +52,7 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
             sysd_start: 1,
             containers: None,
             node: None,
+            updates: None,
         },
     ));
     tokio::time::advance(berth_sysd::api::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1))

@@ -139,3 +139,57 @@ impl Drop for LocalRegistry {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP relay on loopback in front of a registry that sends its answers at most at
+/// `bytes_per_sec`, so that a test can act in the middle of a download (e.g. cut the power
+/// during an OS update's slot write). Runs until the test process ends.
+pub struct Throttle {
+    pub port: u16,
+}
+
+impl Throttle {
+    pub fn start(target_port: u16, bytes_per_sec: u64) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                std::thread::spawn(move || throttled_relay(c, target_port, bytes_per_sec));
+            }
+        });
+        Throttle { port }
+    }
+}
+
+fn throttled_relay(client: TcpStream, target_port: u16, bytes_per_sec: u64) {
+    use std::io::{Read, Write};
+    let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+        return;
+    };
+    let (Ok(mut from_client), Ok(mut to_upstream)) = (client.try_clone(), upstream.try_clone())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_client, &mut to_upstream);
+        let _ = to_upstream.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut upstream, mut client) = (upstream, client);
+    let mut buf = [0u8; 16 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    loop {
+        let n = match upstream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        let due = Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Write);
+}

@@ -103,7 +103,7 @@ pub use engine::{
     ApplyEvent, ApplyOptions, ApplyOutcome, ApplyProgress, Blessed, BootCheck, CheckResult,
     EntryStatus, JobStatus, OtherSlotState, Settings, Status, UpdateError, Updater,
 };
-pub use node::{load_trusted_keys, Running, SlotDevices};
+pub use node::{find_partition, load_trusted_keys, Running, SlotDevices};
 pub use policy::{reboot_decision, RebootDecision};
 pub use signature::PublicKey;
 pub use state::{Step, Timings};

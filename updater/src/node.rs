@@ -120,27 +120,31 @@ impl SlotDevices {
         }
     }
 
-    /// Find both by GPT PARTLABEL (`PARTNAME=` in `<sys_class_block>/*/uevent`, as stage 1
-    /// does), device nodes under `dev_root`. Normally `/sys/class/block` and `/dev`.
+    /// Find both by GPT PARTLABEL ([`find_partition`]). Normally `/sys/class/block` and
+    /// `/dev`.
     pub fn find(sys_class_block: &Path, dev_root: &Path) -> Option<Self> {
-        let find = |label: &str| -> Option<PathBuf> {
-            let mut found: Vec<String> = std::fs::read_dir(sys_class_block)
-                .ok()?
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
-                .filter_map(|t| {
-                    let dev = os_release_value(&t, "DEVNAME")?;
-                    (os_release_value(&t, "PARTNAME")? == label).then_some(dev)
-                })
-                .collect();
-            found.sort();
-            found.into_iter().next().map(|d| dev_root.join(d))
-        };
         Some(Self {
-            a: find(Slot::A.partlabel())?,
-            b: find(Slot::B.partlabel())?,
+            a: find_partition(sys_class_block, dev_root, Slot::A.partlabel())?,
+            b: find_partition(sys_class_block, dev_root, Slot::B.partlabel())?,
         })
     }
+}
+
+/// The device node of the partition with GPT PARTLABEL `label` (`PARTNAME=` in
+/// `<sys_class_block>/*/uevent`, as stage 1 looks it up), under `dev_root`. The first by
+/// name when several carry the label.
+pub fn find_partition(sys_class_block: &Path, dev_root: &Path, label: &str) -> Option<PathBuf> {
+    let mut found: Vec<String> = std::fs::read_dir(sys_class_block)
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
+        .filter_map(|t| {
+            let dev = os_release_value(&t, "DEVNAME")?;
+            (os_release_value(&t, "PARTNAME")? == label).then_some(dev)
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next().map(|d| dev_root.join(d))
 }
 
 /// Load trusted keys: every `*.pub` in `dir` (normally `/usr/lib/berth/keys`) plus the PEM
