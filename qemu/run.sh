@@ -3,7 +3,7 @@
 #
 #   qemu/run.sh [--arch x86_64|arm64] [--headless] [--state-dir DIR] [--config FILE]
 #               [--registry-port PORT] [--hostfwd HOSTPORT:GUESTPORT] [--disk-size SIZE]
-#               [--mem MiB] [--no-reboot] [--hw virtio|ahci|nvme|usb] [IMAGE]
+#               [--mem MiB] [--no-reboot] [--hw virtio|ahci|nvme|usb] [--cidata FILE] [IMAGE]
 #
 # The image itself is never written: QEMU boots a copy-on-write overlay in the state dir.
 # State dir contents: disk.qcow2 (overlay), efivars.fd, serial.log (headless), qmp.sock
@@ -15,15 +15,18 @@
 # --config FILE: passed to the guest via fw_cfg as opt/org.berth/config.
 # --registry-port PORT: the guest reaches 127.0.0.1:PORT on this host as 10.0.2.100:5000.
 # --disk-size SIZE: virtual size of the overlay (e.g. 16G), to test growing the state.
+# --cidata FILE: attach a small read-only vfat disk labelled CIDATA holding FILE as
+#   berth.toml (the cloud-init NoCloud-style datasource; read at first boot).
 # --hw KIND: the emulated hardware (x86_64). virtio (default): virtio disk, NIC and
 #   virtio-serial osctl port. The others have no virtio device at all, like a bare-metal
 #   machine (boot the metal image, `make image PROFILE=metal`): ahci = SATA disk on an AHCI
 #   controller + e1000e NIC; nvme = NVMe disk + e1000 NIC; usb = USB stick (usb-storage on
 #   xhci) + e1000e NIC. osctl.sock is then the second UART (ttyS1 in the guest,
-#   `berth.osctl=ttyS1` on the metal command line). fw_cfg is not virtio and stays.
+#   `berth.osctl=ttyS1` on the metal command line); on arm64 (one PL011) it stays on
+#   virtio-serial. fw_cfg is not virtio and stays.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image= hw=virtio
+arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image= hw=virtio cidata=
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -36,6 +39,7 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --no-reboot) noreboot=1; shift ;;
     --hw) hw=$2; shift 2 ;;
+    --cidata) cidata=$2; shift 2 ;;
     -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) image=$1; shift ;;
@@ -45,7 +49,7 @@ case "$hw" in
   virtio|ahci|nvme|usb) ;;
   *) echo "run.sh: unknown --hw $hw (virtio, ahci, nvme or usb)" >&2; exit 2 ;;
 esac
-[ "$hw" = virtio ] || [ "$arch" = x86_64 ] || { echo "run.sh: --hw $hw is x86_64 only" >&2; exit 2; }
+
 image=${image:-$here/../build/$arch/berth.img}
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image ARCH=$arch')" >&2; exit 1; }
 image=$(cd "$(dirname "$image")" && pwd)/$(basename "$image")
@@ -96,10 +100,12 @@ args=(
   -pidfile "$state/qemu.pid"
 )
 disk="file=$state/disk.qcow2,format=qcow2"
-# Non-virtio NICs get no option ROM (no PXE attempt in the firmware); the disk boots first.
+# The disk boots first (bootindex 0: the firmware never tries a CIDATA disk or the network
+# before it). Non-virtio NICs get no option ROM (no PXE attempt in the firmware).
 case "$hw" in
   virtio)
-    args+=(-drive "$disk,if=virtio" -device virtio-net-pci,netdev=n0
+    args+=(-drive "$disk,if=none,id=d0" -device virtio-blk-pci,drive=d0,bootindex=0
+           -device virtio-net-pci,netdev=n0
            -device virtio-serial-pci -device virtserialport,chardev=osctl,name=org.berth.osctl) ;;
   ahci)
     args+=(-drive "$disk,if=none,id=d0" -device ahci,id=ahci0
@@ -113,9 +119,25 @@ case "$hw" in
            -device usb-storage,drive=d0,bus=xhci0.0,removable=on,bootindex=0
            -device e1000e,netdev=n0,romfile=) ;;
 esac
+# The CIDATA disk after the system disk (the system disk stays vda / the first one).
+if [ -n "$cidata" ]; then
+  [ -f "$cidata" ] || { echo "run.sh: no file $cidata for --cidata" >&2; exit 1; }
+  rm -f "$state/cidata.img"
+  mkfs.vfat -n CIDATA -C "$state/cidata.img" 1024 >/dev/null
+  mcopy -i "$state/cidata.img" "$cidata" ::berth.toml
+  args+=(-drive "file=$state/cidata.img,format=raw,if=none,id=cidata,readonly=on"
+         -device virtio-blk-pci,drive=cidata)
+fi
 # Without virtio-serial the osctl channel is the second UART (after the console's).
 osctl_serial=()
-[ "$hw" = virtio ] || osctl_serial=(-serial chardev:osctl)
+if [ "$hw" != virtio ]; then
+  if [ "$arch" = x86_64 ]; then
+    osctl_serial=(-serial chardev:osctl)
+  else
+    # QEMU's arm64 virt machine has a single PL011: osctl goes over virtio-serial there.
+    args+=(-device virtio-serial-pci -device virtserialport,chardev=osctl,name=org.berth.osctl)
+  fi
+fi
 [ -n "$config" ] && args+=(-fw_cfg "name=opt/org.berth/config,file=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")")
 [ "$noreboot" = 1 ] && args+=(-no-reboot)
 

@@ -5,8 +5,14 @@ use crate::Config;
 use std::io;
 use std::path::Path;
 
-/// Apply the files PID 1 owns under `root` (`/etc/hosts`, `/etc/hostname`, `[[files]]`) and
-/// the sysctls under `proc_sys`. Returns one message per problem (none stops the boot).
+/// Apply the files PID 1 owns under `root` (`/etc/hosts`, `/etc/hostname`, `[[files]]`,
+/// and `/etc/resolv.conf` when there is none yet) and the sysctls under `proc_sys`.
+/// Returns one message per problem (none stops the boot).
+///
+/// `/etc/resolv.conf` gets the config's own DNS here, so host-network containers have one
+/// from the start. It is written only when missing: sysd's network task owns it after
+/// that and rewrites it with the DHCP leases' DNS (and again after a live apply, when the
+/// network task restarts), so a live apply must not put back a file without them.
 pub fn apply(config: &Config, proc_sys: &Path, root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let hostname = config.host.hostname();
@@ -17,6 +23,9 @@ pub fn apply(config: &Config, proc_sys: &Path, root: &Path) -> Vec<String> {
     }
     if let Err(e) = std::fs::write(etc.join("hostname"), format!("{hostname}\n")) {
         problems.push(format!("cannot write /etc/hostname: {e}"));
+    }
+    if let Err(e) = write_resolv_conf_if_missing(config, &etc.join("resolv.conf")) {
+        problems.push(format!("cannot write /etc/resolv.conf: {e}"));
     }
     for (key, value) in &config.sysctl {
         let r = crate::render::sysctl_path(proc_sys, key)
@@ -32,6 +41,19 @@ pub fn apply(config: &Config, proc_sys: &Path, root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// `/etc/resolv.conf` from the config's DNS alone, unless the file (or a symlink) is there.
+fn write_resolv_conf_if_missing(config: &Config, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(_) => return Ok(()),
+    }
+    crate::store::write_atomic(path, config.resolv_conf(&[], &[]).as_bytes())?;
+    // Every process reads it, also unprivileged ones in host-network containers.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
 }
 
 fn write_file(root: &Path, f: &crate::FileSpec) -> io::Result<()> {
@@ -85,6 +107,40 @@ mod tests {
         assert!(std::fs::read_to_string(d.join("root/etc/hosts"))
             .unwrap()
             .contains("berth"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn resolv_conf_is_written_from_the_config_only_when_missing() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = std::env::temp_dir().join(format!("berth-apply-resolv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let proc_sys = d.join("proc/sys");
+        std::fs::create_dir_all(&proc_sys).unwrap();
+        std::fs::create_dir_all(d.join("root/etc")).unwrap();
+        let resolv = d.join("root/etc/resolv.conf");
+        let cfg = crate::parse(
+            "[network.dns]\nservers = [\"192.0.2.53\"]\nsearch = [\"example.test\"]\n",
+        )
+        .unwrap();
+
+        // Boot: no resolv.conf yet; the config's DNS, readable by everyone.
+        let problems = apply(&cfg, &proc_sys, &d.join("root"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let text = std::fs::read_to_string(&resolv).unwrap();
+        assert!(
+            text.ends_with("nameserver 192.0.2.53\nsearch example.test\n"),
+            "{text}"
+        );
+        let mode = std::fs::metadata(&resolv).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+
+        // Live apply: the network task has written the lease's DNS; it stays.
+        let leased = cfg.resolv_conf(&["10.0.2.3".parse().unwrap()], &["lan".into()]);
+        std::fs::write(&resolv, &leased).unwrap();
+        let problems = apply(&cfg, &proc_sys, &d.join("root"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(std::fs::read_to_string(&resolv).unwrap(), leased);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

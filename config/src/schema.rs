@@ -276,6 +276,12 @@ pub struct Update {
     /// Extra trusted signing keys (PEM public keys), added to those shipped in the image.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<String>,
+    /// How long a newly installed OS version has, from sysd's start, to become healthy
+    /// (every required service healthy, managed interfaces addressed, default gateways
+    /// answering). Healthy in time: its boot entry is blessed. Not: the node reboots, the
+    /// try counts as failed, and after three failed tries the boot loader falls back to
+    /// the previous version.
+    pub health_deadline: Duration,
 }
 
 impl Default for Update {
@@ -285,6 +291,7 @@ impl Default for Update {
             policy: UpdatePolicy::Manual,
             reboot_window: None,
             trusted_keys: Vec::new(),
+            health_deadline: Duration::secs(300),
         }
     }
 }

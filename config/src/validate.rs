@@ -376,6 +376,13 @@ fn update(c: &Config, cx: &mut Ctx<'_>) {
             );
         }
     }
+    let hd = u.health_deadline.get().as_secs();
+    if !(10..=3600).contains(&hd) {
+        cx.err(
+            up.key("health_deadline"),
+            "the health deadline must be between 10 seconds and 1 hour",
+        );
+    }
     for (i, k) in u.trusted_keys.iter().enumerate() {
         if !k.contains("-----BEGIN PUBLIC KEY-----") || !k.contains("-----END PUBLIC KEY-----") {
             cx.err(

@@ -84,6 +84,38 @@ impl Applied {
     }
 }
 
+/// Whether `gateway` answers on link `index`: a datagram to its discard port makes the
+/// kernel resolve (or re-confirm) its link-layer address, then the neighbour table says
+/// whether that worked. Waits up to `timeout` (the kernel re-confirms a stale entry within
+/// about 6 s).
+pub async fn gateway_reachable(
+    nl: &Netlink,
+    index: u32,
+    gateway: IpAddr,
+    timeout: std::time::Duration,
+) -> Result<bool, NetError> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let bind: std::net::SocketAddr = match gateway {
+            IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        if let Ok(sock) = tokio::net::UdpSocket::bind(bind).await {
+            let _ = sock.send_to(b"berth", (gateway, 9)).await;
+        }
+        match nl.neighbour_confirmed(index, gateway).await? {
+            Some(answer) => return Ok(answer),
+            None if start.elapsed() >= timeout => return Ok(false),
+            None => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// IPv6 link-local (`fe80::/10`): the kernel's own, never removed.
+fn is_link_local(a: &Cidr) -> bool {
+    matches!(a.addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
 /// The config entry for `link`: the first that matches, or DHCP for every interface when
 /// the config lists none (the safe default). Loopback never gets an entry.
 pub fn entry_for<'a>(net: &'a Network, link: &Link) -> Option<std::borrow::Cow<'a, Interface>> {
@@ -106,8 +138,9 @@ pub fn entry_for<'a>(net: &'a Network, link: &Link) -> Option<std::borrow::Cow<'
 }
 
 /// Applies `[network]`: loopback up; every configured interface up with its MTU, static
-/// addresses and routes; a DHCP client on each `dhcp` interface. Interfaces the config does
-/// not mention are left alone. Returns the DHCP clients (keep the value alive).
+/// addresses and routes (a `static` interface loses every other address but IPv6
+/// link-local, e.g. an earlier DHCP lease); a DHCP client on each `dhcp` interface.
+/// Interfaces the config does not mention are left alone. Returns the DHCP clients (keep the value alive).
 ///
 /// An interface named exactly in the config but absent on the machine is an error found
 /// before anything is changed, so the caller can fall back to the safe defaults (or revert
@@ -123,6 +156,7 @@ pub async fn apply(nl: &Netlink, net: &Network, opts: &DhcpOptions) -> Result<Ap
         }
     }
     let mut applied = Applied::default();
+    let present = nl.addresses().await?;
     for link in &links {
         if link.is_loopback() {
             nl.set_up(link, None).await?;
@@ -133,6 +167,16 @@ pub async fn apply(nl: &Netlink, net: &Network, opts: &DhcpOptions) -> Result<Ap
         };
         tracing::info!(ifname = %link.name, mode = ?entry.mode, "configuring interface");
         nl.set_up(link, entry.mtu).await?;
+        if entry.mode == AddressMode::Static {
+            // The config is the whole truth for a static interface: addresses from an
+            // earlier config or a DHCP lease go (and the routes through them with them).
+            for (_, old) in present.iter().filter(|(i, a)| {
+                *i == link.index && !is_link_local(a) && !entry.addresses.contains(a)
+            }) {
+                tracing::info!(ifname = %link.name, address = %old, "removing an address the config does not list");
+                nl.remove_address(link, *old).await?;
+            }
+        }
         for a in &entry.addresses {
             nl.add_address(link, *a).await?;
         }

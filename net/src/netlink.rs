@@ -65,6 +65,9 @@ pub enum NetlinkError {
     /// Listing routes failed.
     #[error("cannot list routes")]
     ListRoutes(#[source] Box<rtnetlink::Error>),
+    /// Listing neighbours (ARP / NDP entries) failed.
+    #[error("cannot list neighbours")]
+    ListNeighbours(#[source] Box<rtnetlink::Error>),
 }
 
 /// One network interface.
@@ -437,6 +440,50 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the neighbour table has answered for `addr` on link `index`: `Some(true)`
+    /// once it is confirmed (reachable, or static), `Some(false)` when resolution failed,
+    /// `None` while unknown or being checked (incomplete, stale, delay, probe, absent).
+    pub async fn neighbour_confirmed(
+        &self,
+        index: u32,
+        addr: IpAddr,
+    ) -> Result<Option<bool>, NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourState,
+        };
+        let mut s = self.handle.neighbours().get().execute();
+        let mut found = None;
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::ListNeighbours(Box::new(e)))?
+        {
+            if m.header.ifindex != index {
+                continue;
+            }
+            let dst = m.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    Some(IpAddr::V4(*v4))
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    Some(IpAddr::V6(*v6))
+                }
+                _ => None,
+            });
+            if dst != Some(addr) {
+                continue;
+            }
+            found = match m.header.state {
+                NeighbourState::Reachable | NeighbourState::Permanent | NeighbourState::Noarp => {
+                    Some(true)
+                }
+                NeighbourState::Failed => Some(false),
+                _ => None,
+            };
+        }
+        Ok(found)
     }
 
     /// Interfaces, addresses and default routes.

@@ -320,6 +320,15 @@ fn static_addresses_routes_and_mtu() {
         apply(&nl, &cfg.network, &DhcpOptions::default())
             .await
             .unwrap();
+        // An address from elsewhere (an earlier config, a DHCP lease) is removed by the
+        // next apply of a static config; the kernel's IPv6 link-local stays.
+        let link = nl.link(&cli_if).await.unwrap();
+        nl.add_address(&link, "10.213.10.7/24".parse().unwrap())
+            .await
+            .unwrap();
+        apply(&nl, &cfg.network, &DhcpOptions::default())
+            .await
+            .unwrap();
         // A config naming a missing interface is refused with its key path.
         let bad = berth_config::parse("[[network.interfaces]]\nname = \"nope0\"\n").unwrap();
         let e = apply(&nl, &bad.network, &DhcpOptions::default())
@@ -342,6 +351,8 @@ fn static_addresses_routes_and_mtu() {
         addrs.contains("mtu 1400") && addrs.contains(",UP"),
         "{addrs}"
     );
+    assert!(!addrs.contains("10.213.10.7"), "{addrs}");
+    assert!(addrs.contains("inet6 fe80::"), "{addrs}");
     let routes = ip(&["-n", &pair.cli, "-4", "route", "show"]);
     assert!(
         routes.contains(&format!("default via 10.213.9.1 dev {}", pair.cli_if)),

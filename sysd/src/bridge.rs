@@ -2,17 +2,17 @@
 //! `osctl --connect unix:path=<qemu socket>` talks to the same D-Bus server.
 //!
 //! Two kinds of channel, chosen by [`start`]:
-//! * the virtio-serial port `org.berth.osctl` (VMs): the port reports the host side
-//!   disconnecting (it polls as HUP), so each host connection is one session;
 //! * a UART named by `berth.osctl=<tty>` on the kernel command line (`ttyS1` on the metal
-//!   profile: bare metal, or a VM without virtio). A UART carries no connect or disconnect
-//!   signal at all, so the bridge follows the host-to-guest D-Bus stream ([`Sessions`]): a
-//!   D-Bus client always opens with a NUL byte, and D-Bus messages always start with `l` or
-//!   `B`, so a NUL where a message or an auth line would start is a new host session.
+//!   profile: bare metal, or a VM without virtio), which carries no connect or disconnect
+//!   signal at all;
+//! * the virtio-serial port `org.berth.osctl` (VMs), which polls as HUP while no host is
+//!   connected, but can report one client's close after the next client's first bytes.
 //!
-//! Either way the channel is one byte stream without per-client connections: each host
-//! session gets a fresh connection to the API socket (a fresh D-Bus handshake), one host
-//! client at a time.
+//! Neither tells reliably where one host session ends, so both run [`run_stream`], which
+//! follows the host-to-guest D-Bus stream ([`Sessions`]): a D-Bus client always opens with
+//! a NUL byte, and D-Bus messages always start with `l` or `B`, so a NUL where a message or
+//! an auth line would start is a new host session. Each host session gets a fresh
+//! connection to the API socket (a fresh D-Bus handshake), one host client at a time.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::File;
@@ -96,7 +96,7 @@ pub fn start(socket: &'static Path) -> Result<(), BridgeError> {
             tty.display(),
             socket.display()
         );
-        return spawn(Box::new(move || run_uart(dev, socket)));
+        return spawn(Box::new(move || run_stream(dev, socket)));
     }
     if let Some(port) = find_port(
         Path::new("/sys/class/virtio-ports"),
@@ -113,7 +113,7 @@ pub fn start(socket: &'static Path) -> Result<(), BridgeError> {
         {
             Ok(dev) => {
                 tracing::info!("osctl bridge: {} <-> {}", port.display(), socket.display());
-                spawn(Box::new(move || run_uart(dev, socket)))
+                spawn(Box::new(move || run_stream(dev, socket)))
             }
             Err(source) => Err(BridgeError::Open { path: port, source }),
         };
@@ -157,82 +157,6 @@ pub fn open_uart(path: &Path) -> Result<File, BridgeError> {
     Ok(f)
 }
 
-/// Run the virtio-serial bridge forever (blocking; start it on its own thread).
-pub fn run(port: &Path, socket: &Path) {
-    let mut dev = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(port)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(
-                "cannot open {}: {e}; no host access to osctl",
-                port.display()
-            );
-            return;
-        }
-    };
-    tracing::info!("osctl bridge: {} <-> {}", port.display(), socket.display());
-    loop {
-        // Idle: wait for the host to connect and speak.
-        let mut fds = [PollFd::new(dev.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(500u16));
-        let rev = fds[0].revents().unwrap_or(PollFlags::empty());
-        if rev.contains(PollFlags::POLLHUP) || !rev.contains(PollFlags::POLLIN) {
-            // No host connected: the port then polls as HUP (and as readable, since a read
-            // would return 0 at once). Back off instead of spinning.
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        match UnixStream::connect(socket) {
-            Ok(s) => {
-                if let Err(e) = relay(&mut dev, s) {
-                    tracing::debug!("osctl bridge session ended: {e}");
-                }
-            }
-            Err(e) => {
-                tracing::warn!("osctl bridge: cannot reach {}: {e}", socket.display());
-                // Drop what the host sent; it will see no answer and time out.
-                let mut buf = [0u8; 4096];
-                let _ = dev.read(&mut buf);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
-
-/// Copy bytes both ways until the host disconnects or the server closes.
-fn relay(dev: &mut File, mut sock: UnixStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let mut fds = [
-            PollFd::new(dev.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
-        ];
-        poll(&mut fds, PollTimeout::NONE).map_err(std::io::Error::from)?;
-        let dev_rev = fds[0].revents().unwrap_or(PollFlags::empty());
-        let sock_rev = fds[1].revents().unwrap_or(PollFlags::empty());
-        if dev_rev.contains(PollFlags::POLLIN) {
-            let n = dev.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            sock.write_all(&buf[..n])?;
-        } else if dev_rev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            // Host side went away: end this session.
-            return Ok(());
-        }
-        if sock_rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
-            let n = sock.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            dev.write_all(&buf[..n])?;
-        }
-    }
-}
-
 /// Largest D-Bus message (the spec's limit is 128 MiB); anything bigger means we lost track.
 const MAX_MESSAGE: u64 = 128 << 20;
 /// Longest auth line we accept before deciding the stream is not D-Bus.
@@ -268,7 +192,7 @@ pub enum Action {
     Drop,
 }
 
-/// Follows the host-to-guest byte stream of a UART channel to tell where one host D-Bus
+/// Follows the host-to-guest byte stream of the channel to tell where one host D-Bus
 /// session ends and the next begins.
 #[derive(Debug)]
 pub struct Sessions {
@@ -379,8 +303,9 @@ impl Sessions {
     }
 }
 
-/// Run the UART bridge forever (blocking; start it on its own thread).
-pub fn run_uart(mut dev: File, socket: &Path) {
+/// Run the bridge over one byte-stream channel (the UART or the virtio port) forever
+/// (blocking; start it on its own thread).
+pub fn run_stream(mut dev: File, socket: &Path) {
     let mut sessions = Sessions::new();
     let mut sock: Option<UnixStream> = None;
     let mut last_host_byte = Instant::now();
@@ -422,7 +347,7 @@ pub fn run_uart(mut dev: File, socket: &Path) {
                 }
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!("osctl bridge: reading the UART: {e}");
+                    tracing::warn!("osctl bridge: reading the host channel: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
@@ -459,7 +384,7 @@ pub fn run_uart(mut dev: File, socket: &Path) {
                     }
                     Ok(n) => {
                         if let Err(e) = dev.write_all(&buf[..n]) {
-                            tracing::warn!("osctl bridge: writing the UART: {e}");
+                            tracing::warn!("osctl bridge: writing the host channel: {e}");
                         }
                     }
                 }
@@ -480,7 +405,7 @@ fn flush_to(sock: &mut Option<UnixStream>, out: &mut Vec<u8>, sessions: &mut Ses
 }
 
 /// A fresh API connection for a new host session. Output of the previous session still
-/// queued in the UART is discarded so the new client's first bytes are its own answers.
+/// queued in the channel is discarded so the new client's first bytes are its own answers.
 fn open_session(dev: &File, socket: &Path) -> Option<UnixStream> {
     let _ = nix::sys::termios::tcflush(dev, nix::sys::termios::FlushArg::TCOFLUSH);
     match UnixStream::connect(socket) {

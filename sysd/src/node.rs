@@ -49,8 +49,9 @@ pub fn registry_client(c: &Config) -> berth_registry::Client {
 }
 
 /// Brings up the network from `[network]` and keeps `/etc/resolv.conf` in step with the
-/// DHCP leases. Runs for the life of sysd.
-pub async fn run_network(config: Config) {
+/// DHCP leases. Runs for the life of sysd. `ready` fires once the config's addresses,
+/// routes and DHCP clients are in place (or the fallback is), or when nothing could be.
+pub async fn run_network(config: Config, ready: tokio::sync::oneshot::Sender<()>) {
     let nl = match berth_net::Netlink::connect() {
         Ok(nl) => nl,
         Err(e) => {
@@ -75,14 +76,13 @@ pub async fn run_network(config: Config) {
         let (servers, search) = applied.dns();
         let text = config.resolv_conf(&servers, &search);
         if std::fs::read_to_string("/etc/resolv.conf").ok().as_deref() != Some(text.as_str()) {
-            if let Err(e) =
-                berth_config::store::write_atomic(Path::new("/etc/resolv.conf"), text.as_bytes())
-            {
+            if let Err(e) = rewrite_in_place(Path::new("/etc/resolv.conf"), text.as_bytes()) {
                 tracing::warn!("cannot write /etc/resolv.conf: {e}");
             }
         }
     };
     write_resolv(&applied);
+    let _ = ready.send(());
     let mut watches: Vec<_> = applied.dhcp.iter().map(|h| h.state.clone()).collect();
     if watches.is_empty() {
         // Static only: nothing changes any more; keep `applied` alive.
@@ -96,6 +96,22 @@ pub async fn run_network(config: Config) {
         }
         write_resolv(&applied);
     }
+}
+
+/// Replace a file's content keeping its inode and mode (0644 when created): host-network
+/// containers bind-mount `/etc/resolv.conf` as a single file, so a rename would leave them
+/// reading the old one, and every user in them must be able to read it.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// One line per interface and the default route, for `osctl status`.
@@ -185,16 +201,19 @@ impl Node {
         })
     }
 
-    fn config(&self) -> Config {
+    /// The config in force.
+    pub fn config(&self) -> Config {
         self.config
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// (Re)start the network from the config in force.
-    pub fn start_network(&self) {
-        let task = tokio::spawn(run_network(self.config()));
+    /// (Re)start the network from the config in force. The receiver fires once the new
+    /// settings are in place; it is dropped unfired if netlink cannot be used.
+    pub fn start_network(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run_network(self.config(), tx));
         if let Some(old) = self
             .network
             .lock()
@@ -203,11 +222,13 @@ impl Node {
         {
             old.abort();
         }
+        rx
     }
 
     /// Whether the node is healthy with the config in force: every required service is
-    /// healthy and every interface the config manages (every non-loopback one when it
-    /// names none) has an IPv4 address.
+    /// healthy, every interface the config manages (every non-loopback one when it names
+    /// none) has an IPv4 address, a default route the config asks for exists, and every
+    /// default gateway answers (its link-layer address resolves).
     pub async fn healthy(&self) -> Result<(), String> {
         if let Some(c) = &self.containers {
             let (req, ok) = c.required_health();
@@ -234,6 +255,34 @@ impl Node {
         for i in managed {
             if !i.addresses.iter().any(|a| a.addr.is_ipv4()) {
                 return Err(format!("{} has no IPv4 address", i.link.name));
+            }
+        }
+        let wants_default = config.network.interfaces.iter().any(|i| {
+            i.routes
+                .iter()
+                .any(|r| matches!(r.to, berth_config::RouteTarget::Default))
+        });
+        if wants_default && st.default_routes.is_empty() {
+            return Err("the config has a default route but the node has none".into());
+        }
+        // A default gateway that does not answer means the node is cut off.
+        for r in &st.default_routes {
+            let (Some(gw), Some(dev)) = (r.gateway, r.ifname.as_deref()) else {
+                continue;
+            };
+            let Some(i) = st.interfaces.iter().find(|i| i.link.name == dev) else {
+                continue;
+            };
+            let answers = berth_net::gateway_reachable(
+                &nl,
+                i.link.index,
+                gw,
+                std::time::Duration::from_secs(8),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            if !answers {
+                return Err(format!("the default gateway {gw} on {dev} does not answer"));
             }
         }
         Ok(())
@@ -288,7 +337,15 @@ impl Node {
         if let Err(e) = nix::unistd::sethostname(config.host.hostname()) {
             problems.push(format!("host.hostname: {e}"));
         }
-        self.start_network();
+        // Answer once the network is as the config says (a DHCP lease may still be on its
+        // way), so `osctl status` right after shows the new addresses.
+        let network = self.start_network();
+        if tokio::time::timeout(std::time::Duration::from_secs(30), network)
+            .await
+            .is_err()
+        {
+            problems.push("network: the new settings are not in place after 30 s".into());
+        }
         if let Some(c) = &self.containers {
             c.set_client(registry_client(&config));
             problems.extend(c.sync_config(config.containers.clone()).await);
@@ -337,5 +394,29 @@ impl Node {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resolv_conf_is_rewritten_in_place_and_world_readable() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("resolv.conf");
+        super::rewrite_in_place(&p, b"nameserver 10.0.2.3\n").unwrap();
+        let first = std::fs::metadata(&p).unwrap();
+        assert_eq!(first.permissions().mode() & 0o777, 0o644);
+        super::rewrite_in_place(&p, b"nameserver 10.0.2.4\n").unwrap();
+        let second = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            first.ino(),
+            second.ino(),
+            "a bind mount of the file would go stale"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "nameserver 10.0.2.4\n"
+        );
     }
 }

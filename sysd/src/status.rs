@@ -71,6 +71,23 @@ pub fn rss_kib(status: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The node's Berth architecture (`x86_64`, `arm64`): `BERTH_ARCH` from os-release, else
+/// the one this binary was built for (the updater decides the same way).
+pub fn arch(os_release: &[(String, String)]) -> String {
+    match get(os_release, "BERTH_ARCH") {
+        "" => berth_updater::artifact::berth_arch(std::env::consts::ARCH).to_string(),
+        a => a.to_string(),
+    }
+}
+
+/// Seconds since the kernel started (`/proc/uptime`), 0 when unreadable.
+pub fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -95,16 +112,14 @@ pub fn collect(sysd_start: u32) -> Status {
     let mounts = mountinfo::read();
     let root = mount_status(mountinfo::find(&mounts, "/"));
     let (root_dm_name, root_dm_uuid) = dm_identity(&root.source);
-    let uptime = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
+    let uptime = uptime();
     let cgroup_controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     Status {
         os: get(&os, "PRETTY_NAME").to_string(),
         version: get(&os, "VERSION_ID").to_string(),
+        arch: arch(&os),
         build_id: get(&os, "BUILD_ID").to_string(),
         slot: boot.slot.clone(),
         hostname: hostname(),
@@ -142,6 +157,18 @@ mod tests {
         assert_eq!(get(&kv, "PRETTY_NAME"), "Berth 0.1.0");
         assert_eq!(get(&kv, "BUILD_ID"), "abc");
         assert_eq!(get(&kv, "MISSING"), "");
+    }
+
+    #[test]
+    fn arch_from_os_release_else_the_build() {
+        let kv = parse_os_release("NAME=Berth\nBERTH_ARCH=arm64\n");
+        assert_eq!(arch(&kv), "arm64");
+        let built_for = match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            a => a,
+        };
+        assert_eq!(arch(&parse_os_release("NAME=Berth\n")), built_for);
+        assert_eq!(arch(&parse_os_release("BERTH_ARCH=\"\"\n")), built_for);
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn fw_cfg_config_is_applied_and_persisted() {
     let image = image();
     let cfg = write_config(
         "node7.toml",
-        "[host]\nhostname = \"node-7\"\n\n[sysctl]\n\"vm.swappiness\" = 13\n\n[[files]]\npath = \"/etc/motd\"\ncontent = \"welcome\\n\"\n",
+        "[host]\nhostname = \"node-7\"\n\n[sysctl]\n\"vm.swappiness\" = 13\n\n[[files]]\npath = \"/etc/motd\"\ncontent = \"welcome\\n\"\n\n[[containers]]\nname = \"greeter\"\nimage = \"admin\"\ncommand = [\"/bin/sh\", \"-c\", \"echo greeter up; cat /proc/sys/vm/swappiness; trap 'exit 0' TERM; while :; do sleep 1; done\"]\n",
     );
     let vm = Vm::boot(
         "config-fwcfg",
@@ -36,6 +36,15 @@ fn fw_cfg_config_is_applied_and_persisted() {
     let st = vm.status();
     assert_eq!(st["hostname"], "node-7", "{st:#}");
     assert_eq!(st["config_source"], "fw_cfg opt/org.berth/config");
+    // The config's workload runs and sees the config's sysctl.
+    vm.wait_for(
+        "the greeter workload logs",
+        Duration::from_secs(120),
+        || {
+            let log = vm.osctl_ok(&["logs", "greeter"]);
+            (log.contains("greeter up") && log.contains("13")).then_some(())
+        },
+    );
     assert_eq!(st["config_error"], "");
     assert!(
         !st["warnings"].to_string().contains("config:"),
@@ -99,6 +108,38 @@ fn fw_cfg_config_is_applied_and_persisted() {
         change.starts_with("reverted:") && change.contains("needed"),
         "{st:#}"
     );
+
+    // A change that cuts the node off the network (a static address and gateway that do
+    // not exist here; the DHCP address goes) is reverted by itself as well.
+    let cut = write_config(
+        "cut.toml",
+        "[host]\nhostname = \"node-cut\"\n\n[[network.interfaces]]\nname = \"eth0\"\nmode = \"static\"\naddresses = [\"192.168.77.5/24\"]\nroutes = [{ to = \"default\", via = \"192.168.77.1\" }]\n",
+    );
+    vm.osctl_ok(&["config", "apply", "--deadline", "20", cut.to_str().unwrap()]);
+    let st = vm.status();
+    let net = st["network"].to_string();
+    assert!(
+        net.contains("192.168.77.5/24") && !net.contains("10.0.2.15"),
+        "the cut config is not in force: {st:#}"
+    );
+    vm.wait_serial_n("berth: ready", 3, BOOT_TIMEOUT);
+    let st = vm.wait_for(
+        "DHCP again after the revert",
+        Duration::from_secs(60),
+        || {
+            let st = vm.status();
+            st["network"]
+                .to_string()
+                .contains("10.0.2.15")
+                .then_some(st)
+        },
+    );
+    assert_eq!(st["hostname"], "node-8", "{st:#}");
+    let change = st["config_change"].as_str().unwrap_or("").to_string();
+    assert!(
+        change.starts_with("reverted:") && change.contains("192.168.77.1"),
+        "{st:#}"
+    );
 }
 
 /// An invalid config at first boot: the error names the key path and line on the console
@@ -122,5 +163,93 @@ fn invalid_config_boots_with_defaults() {
     assert!(err.contains("line 2: host.hostname"), "{st:#}");
     assert_eq!(st["config_source"], "defaults");
     assert_eq!(st["hostname"], "berth");
+    let _ = std::fs::remove_file(cfg);
+}
+
+/// The same kind of config from a CIDATA volume (cloud-init NoCloud style), with a static
+/// address instead of DHCP: hostname, address, default route, DNS, a file and a workload,
+/// persisted for the next boot.
+#[test]
+fn cidata_config_with_a_static_address() {
+    let image = image();
+    let cfg = write_config(
+        "cidata.toml",
+        r#"[host]
+hostname = "node-ci"
+
+[[network.interfaces]]
+name = "eth0"
+mode = "static"
+addresses = ["10.0.2.50/24"]
+routes = [{ to = "default", via = "10.0.2.2" }]
+
+[network.dns]
+servers = ["10.0.2.3"]
+search = ["berth.test"]
+
+[[files]]
+path = "/var/lib/app/settings"
+content = "from cidata\n"
+
+[[containers]]
+name = "reader"
+image = "admin"
+mounts = [{ source = "/var/lib/app", target = "/app", read_only = true }]
+command = ["/bin/sh", "-c", "cat /app/settings; cat /etc/resolv.conf; trap 'exit 0' TERM; while :; do sleep 1; done"]
+"#,
+    );
+    let cidata = cfg.to_str().unwrap().to_string();
+    let vm = Vm::boot(
+        "config-cidata",
+        &image,
+        &BootOpts {
+            extra: vec!["--cidata".into(), cidata],
+            ..Default::default()
+        },
+    );
+    let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+    assert!(log.contains("config: CIDATA volume"), "{log}");
+    let st = vm.wait_for("the static address", Duration::from_secs(60), || {
+        let st = vm.status();
+        st["network"]
+            .to_string()
+            .contains("10.0.2.50/24")
+            .then_some(st)
+    });
+    assert_eq!(st["hostname"], "node-ci", "{st:#}");
+    assert!(
+        st["config_source"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("CIDATA volume"),
+        "{st:#}"
+    );
+    assert_eq!(st["default_route"], "via 10.0.2.2 dev eth0", "{st:#}");
+    let net = st["network"].to_string();
+    assert!(
+        !net.contains("10.0.2.15"),
+        "a DHCP address on a static interface: {net}"
+    );
+    let log = vm.wait_for("the reader workload logs", Duration::from_secs(120), || {
+        let log = vm.osctl_ok(&["logs", "reader"]);
+        log.contains("search berth.test").then_some(log)
+    });
+    assert!(log.contains("from cidata"), "{log}");
+    assert!(log.contains("nameserver 10.0.2.3"), "{log}");
+
+    // Second boot, no datasource attached: the persisted config, same address.
+    vm.qmp("system_powerdown");
+    assert!(vm.wait_exit(Duration::from_secs(120)));
+    vm.start(&BootOpts::default());
+    vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+    let st = vm.wait_for("the static address again", Duration::from_secs(60), || {
+        let st = vm.status();
+        st["network"]
+            .to_string()
+            .contains("10.0.2.50/24")
+            .then_some(st)
+    });
+    assert_eq!(st["config_source"], "persisted", "{st:#}");
+    assert_eq!(st["hostname"], "node-ci");
     let _ = std::fs::remove_file(cfg);
 }
