@@ -3,7 +3,8 @@
 //! host drives it with osctl over the second UART (`berth.osctl=ttyS1`).
 //!
 //! Input: `BERTH_IMAGE_METAL` (set by `make system-test`, which builds the metal image).
-//! Three boots in all; each checks several things.
+//! Three boots in all; each checks several things. Plus one boot of the arm64 metal image
+//! (`BERTH_IMAGE_ARM64_METAL`) from NVMe.
 
 use berth_tests::*;
 use serde_json::Value;
@@ -27,18 +28,37 @@ fn metal_image() -> PathBuf {
     p
 }
 
+/// The initramfs modules a build put in (`image.json`).
+fn module_names(info: &Value) -> Vec<&str> {
+    info["modules"]
+        .as_array()
+        .expect("modules in image.json")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_default()
 }
 
 fn boot(name: &str, hw: &str, disk_size: Option<&str>) -> (Vm, String) {
-    let image = metal_image();
+    boot_image(name, &metal_image(), &["--hw", hw], disk_size)
+}
+
+fn boot_image(
+    name: &str,
+    image: &std::path::Path,
+    extra: &[&str],
+    disk_size: Option<&str>,
+) -> (Vm, String) {
+    let hw = extra.join(" ");
     let opts = BootOpts {
         disk_size: disk_size.map(str::to_string),
-        extra: vec!["--hw".into(), hw.into()],
+        extra: extra.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let vm = Vm::boot(name, &image, &opts);
+    let vm = Vm::boot(name, image, &opts);
     let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
     // The boot phases, for the record (`cargo test -- --nocapture` shows them).
     let phases: Vec<&str> = log
@@ -117,12 +137,7 @@ fn check_text_status(vm: &Vm) {
 #[test]
 fn ahci_e1000e_16g() {
     let info = image_info(&metal_image());
-    let modules: Vec<&str> = info["modules"]
-        .as_array()
-        .expect("modules in image.json")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let modules = module_names(&info);
     for m in [
         "ahci",
         "nvme",
@@ -183,5 +198,45 @@ fn nvme_e1000() {
 fn usb_xhci_e1000e() {
     let (vm, _) = boot("metal-usb", "usb", None);
     check_status(&vm, "sda");
+    check_text_status(&vm);
+}
+
+/// The arm64 metal image (`make image ARCH=arm64 PROFILE=metal`: Debian's generic arm64
+/// kernel, the metal module list for arm64) on QEMU's virt machine with an NVMe disk and an
+/// Intel e1000e: no virtio disk or NIC; osctl over virtio-serial (virt has one UART).
+/// Input: `BERTH_IMAGE_ARM64_METAL` (set by `make system-test`).
+#[test]
+fn arm64_nvme_e1000e() {
+    let image = std::env::var_os("BERTH_IMAGE_ARM64_METAL")
+        .map(PathBuf::from)
+        .expect(
+            "BERTH_IMAGE_ARM64_METAL is not set: run `make system-test` (it builds the image \
+         with `make image ARCH=arm64 PROFILE=metal`)",
+        );
+    let info = image_info(&image);
+    assert_eq!(info["arch"], "arm64", "{info:#}");
+    let modules = module_names(&info);
+    for m in [
+        "nvme",
+        "e1000e",
+        "xhci_pci",
+        "genet",
+        "ahci_platform",
+        "sdhci_iproc",
+    ] {
+        assert!(
+            modules.contains(&m),
+            "{m} missing from the arm64 metal initramfs: {modules:?}"
+        );
+    }
+    assert!(!modules.contains(&"crc32c_intel"), "{modules:?}");
+    let (vm, _) = boot_image(
+        "metal-arm64-nvme",
+        &image,
+        &["--arch", "arm64", "--hw", "nvme"],
+        None,
+    );
+    let st = check_status(&vm, "nvme0n1");
+    assert_eq!(st["arch"], "arm64", "{st:#}");
     check_text_status(&vm);
 }
