@@ -5,6 +5,7 @@
 //! * [`BootInfo`], the record PID 1 leaves in [`BOOT_INFO_PATH`] for sysd to report;
 //! * the paths that several binaries agree on.
 
+pub mod block;
 pub mod boot;
 #[cfg(feature = "dbus")]
 pub mod manager;

@@ -134,6 +134,8 @@ pub struct RunRequest {
     pub memory: String,
     /// CPU limit (`0.5`), empty for none.
     pub cpus: String,
+    /// Process limit (`pids.max`), 0 for none.
+    pub pids: u32,
     /// `NAME:/target` persistent volumes under /var/lib/berth/volumes.
     pub volumes: Vec<String>,
     /// `always`, `on-failure` or `never` (default `always`).

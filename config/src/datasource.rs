@@ -62,8 +62,9 @@ pub trait Access {
     /// Mounts `device` read-only (vfat or iso9660), returns [`read_dir_config`] of the mount
     /// point, and unmounts it.
     fn read_cidata(&mut self, device: &Path) -> io::Result<Option<Vec<u8>>>;
-    /// Fetches `url` (http only); at most [`MAX_SIZE`] bytes.
-    fn fetch(&mut self, url: &str) -> io::Result<Vec<u8>>;
+    /// Fetches `url` (http only); at most [`MAX_SIZE`] bytes. `Ok(None)`: not here, a
+    /// later stage with a network fetches it (PID 1 leaves it to sysd).
+    fn fetch(&mut self, url: &str) -> io::Result<Option<Vec<u8>>>;
 }
 
 /// Where to look.
@@ -251,7 +252,7 @@ pub fn discover(roots: &Roots, access: &mut dyn Access) -> Option<Found> {
     }
     match cmdline_url(&roots.cmdline) {
         Ok(Some(url)) => {
-            let r = access.fetch(&url).map(Some);
+            let r = access.fetch(&url);
             if let Some(f) = accept(Source::Url(url), r) {
                 return Some(f);
             }
@@ -283,10 +284,11 @@ mod tests {
                 None => Err(io::Error::other("mount failed")),
             }
         }
-        fn fetch(&mut self, url: &str) -> io::Result<Vec<u8>> {
+        fn fetch(&mut self, url: &str) -> io::Result<Option<Vec<u8>>> {
             self.fetched.push(url.to_string());
             self.fetch_result
                 .clone()
+                .map(Some)
                 .ok_or_else(|| io::Error::other("connection refused"))
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod bls;
 pub mod build;
+pub mod cmdline;
 pub mod cpio;
 pub mod inspect;
 pub mod layout;

@@ -59,6 +59,19 @@ enum Cmd {
         #[arg(long = "service", value_name = "FILE.toml")]
         extra_services: Vec<PathBuf>,
     },
+    /// Show the kernel command line of a built disk image's boot entries, or add
+    /// arguments to it before the image is written to a disk, e.g.
+    /// `berth-image cmdline build/x86_64/berth.img --append berth.config=http://10.0.0.1/node.toml`
+    /// (the node fetches that config at first boot when no other datasource has one).
+    /// An argument whose key is already there replaces it. OS updates write entries with
+    /// their own command line.
+    Cmdline {
+        /// The disk image (berth.img) to read or edit in place.
+        disk: PathBuf,
+        /// Kernel argument to add (repeatable).
+        #[arg(long, value_name = "ARG")]
+        append: Vec<String>,
+    },
     // OS update subcommands (keygen, publish, sign, verify, inspect): image/src/oscli.rs.
     #[command(flatten)]
     Os(berth_image::oscli::OsCommand),
@@ -82,6 +95,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Registry(cmd) => Ok(berth_registry::cli::run(cmd)?),
         Cmd::Os(cmd) => berth_image::oscli::run(cmd),
+        Cmd::Cmdline { disk, append } => {
+            for (entry, options) in berth_image::cmdline::edit(&disk, &append)? {
+                println!("{entry}: {options}");
+            }
+            Ok(())
+        }
         Cmd::Build {
             arch,
             kernel,

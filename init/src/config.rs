@@ -51,10 +51,9 @@ impl Access for NodeAccess {
         with_mounted(device, &["vfat", "iso9660"], datasource::read_dir_config)
     }
 
-    fn fetch(&mut self, url: &str) -> io::Result<Vec<u8>> {
-        Err(io::Error::other(format!(
-            "cannot fetch {url} at first boot yet: the network is brought up later by sysd"
-        )))
+    fn fetch(&mut self, _url: &str) -> io::Result<Option<Vec<u8>>> {
+        // PID 1 has no network: sysd fetches it once DHCP is up (`pending_config_url`).
+        Ok(None)
     }
 }
 

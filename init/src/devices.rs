@@ -1,54 +1,10 @@
 //! Finding block devices without udev: `PARTNAME=` in `/sys/class/block/*/uevent`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A partition found by its GPT PARTLABEL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
-    /// Kernel name, e.g. `vda2` or `nvme0n1p2`.
-    pub name: String,
-    /// Device node, e.g. `/dev/vda2`.
-    pub dev: PathBuf,
-    /// Partition number.
-    pub number: u32,
-}
-
-/// Parse one `uevent` file: returns (DEVNAME, PARTNAME, PARTN) when it is a partition.
-fn parse_uevent(text: &str) -> Option<(String, String, u32)> {
-    let mut devname = None;
-    let mut partname = None;
-    let mut partn = None;
-    for line in text.lines() {
-        match line.split_once('=') {
-            Some(("DEVNAME", v)) => devname = Some(v.to_string()),
-            Some(("PARTNAME", v)) => partname = Some(v.to_string()),
-            Some(("PARTN", v)) => partn = v.parse().ok(),
-            _ => {}
-        }
-    }
-    Some((devname?, partname?, partn.unwrap_or(0)))
-}
-
-/// Look up a partition by PARTLABEL under `sys_class_block` (normally `/sys/class/block`);
-/// device nodes are reported under `dev_root` (normally `/dev`).
-pub fn find_partition(sys_class_block: &Path, dev_root: &Path, label: &str) -> Option<Partition> {
-    let mut found: Vec<Partition> = std::fs::read_dir(sys_class_block)
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
-        .filter_map(|t| parse_uevent(&t))
-        .filter(|(_, p, _)| p == label)
-        .map(|(name, _, number)| Partition {
-            dev: dev_root.join(&name),
-            name,
-            number,
-        })
-        .collect();
-    // Deterministic when a label appears twice (e.g. a second Berth disk attached).
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    found.into_iter().next()
-}
+use berth_api::block::parse_uevent;
+pub use berth_api::block::{find_partition, Partition};
 
 /// Wait until every label is present or the timeout passes. Returns the partitions found, in
 /// the order asked, `None` for the ones still missing. `on_slow` is called once, after
@@ -137,6 +93,7 @@ pub fn parent_disk(sys_class_block: &Path, part: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn fake_sys(dir: &Path) {
         for (name, extra) in [

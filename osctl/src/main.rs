@@ -83,6 +83,9 @@ enum Cmd {
         /// CPU limit in CPUs, e.g. 0.5.
         #[arg(long)]
         cpus: Option<String>,
+        /// Process limit (pids.max): forks beyond it fail.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        pids: Option<u32>,
         /// Persistent volume NAME:/path (repeatable); data under /var/lib/berth/volumes/NAME.
         #[arg(long, short = 'v', value_name = "NAME:/PATH")]
         volume: Vec<String>,
@@ -282,6 +285,7 @@ async fn run(cli: Cli) -> ExitCode {
             env,
             memory,
             cpus,
+            pids,
             volume,
             restart,
             command,
@@ -293,6 +297,7 @@ async fn run(cli: Cli) -> ExitCode {
                 env,
                 memory: memory.unwrap_or_default(),
                 cpus: cpus.unwrap_or_default(),
+                pids: pids.unwrap_or_default(),
                 volumes: volume,
                 restart,
             };

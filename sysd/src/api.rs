@@ -110,6 +110,10 @@ impl Manager {
             s.healthy = healthy;
         }
         s.config_change = crate::node::config_change(Path::new("/var"));
+        if let Some((source, error)) = self.node.as_ref().and_then(|n| n.config_source()) {
+            s.config_source = source;
+            s.config_error = error;
+        }
         Ok(s)
     }
 
@@ -201,10 +205,10 @@ impl Manager {
             .ok()
             .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
             .unwrap_or_default();
-        let source = if text.is_empty() {
-            "defaults (no config)".to_string()
-        } else {
-            boot.config_source
+        let source = match self.node.as_ref().and_then(|n| n.config_source()) {
+            _ if text.is_empty() => "defaults (no config)".to_string(),
+            Some((source, _)) => source,
+            None => boot.config_source,
         };
         let outcome = match store.last_outcome() {
             Ok(Some(o)) if o.reason.is_empty() => o.result,

@@ -63,12 +63,12 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             None
         }
     };
-    let boot = std::fs::read_to_string(berth_api::BOOT_INFO_PATH)
+    let boot_info = std::fs::read_to_string(berth_api::BOOT_INFO_PATH)
         .ok()
         .and_then(|s| berth_api::BootInfo::from_json(&s).ok())
-        .map(|b| b.boot_count)
-        .unwrap_or(0);
-    let node = berth_sysd::node::Node::new(config.clone(), containers.clone(), boot);
+        .unwrap_or_default();
+    let node =
+        berth_sysd::node::Node::new(config.clone(), containers.clone(), boot_info.boot_count);
     node.start_network();
     berth_sysd::update::reset_esp();
     let updates = berth_sysd::update::NodeUpdates::new();
@@ -114,6 +114,18 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         }
     }
     node.resume();
+    let persisted = matches!(
+        berth_config::store::Store::new(Path::new("/var")).current(),
+        Ok(Some(_))
+    );
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match berth_sysd::node::pending_config_url(persisted, &boot_info, &cmdline) {
+        Ok(Some(url)) => {
+            tokio::spawn(node.clone().fetch_first_boot(url));
+        }
+        Ok(None) => {}
+        Err(e) => node.set_source("defaults", format!("berth.config= skipped: {e}")),
+    }
     tokio::spawn(updates.clone().at_boot(node.clone()));
     tokio::spawn(updates.auto(node.clone()));
     term.recv().await;

@@ -162,6 +162,47 @@ pub struct Node {
     store: berth_config::store::Store,
     boot: u64,
     config: std::sync::Mutex<Config>,
+    /// Where the config in force came from and what went wrong, when sysd knows better
+    /// than PID 1's boot record (the `berth.config=` URL, which only sysd can fetch).
+    source: std::sync::Mutex<Option<(String, String)>>,
+}
+
+/// The `berth.config=` URL that sysd must fetch at this boot: PID 1 found no datasource
+/// (`config_source` is `defaults` with no error) and nothing is persisted yet. An
+/// unusable `berth.config=` is an error for `osctl status`.
+pub fn pending_config_url(
+    persisted: bool,
+    boot: &berth_api::BootInfo,
+    cmdline: &str,
+) -> Result<Option<String>, String> {
+    if persisted || boot.config_source != "defaults" || !boot.config_error.is_empty() {
+        return Ok(None);
+    }
+    berth_config::datasource::cmdline_url(cmdline)
+}
+
+/// GET a config over HTTP: a success status and at most 1 MiB of UTF-8 text.
+async fn fetch_config(url: &str) -> Result<String, String> {
+    const MAX: usize = 1 << 20;
+    // hickory: the OS has no glibc resolver configuration to lean on.
+    let client = reqwest::Client::builder()
+        .hickory_dns(true)
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut r = client.get(url).send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("the server answered {}", r.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX {
+            return Err("larger than 1 MiB: not a config".into());
+        }
+    }
+    String::from_utf8(body).map_err(|_| "not UTF-8 text".into())
 }
 
 /// What happened to the last `osctl config apply`, for `osctl status`.
@@ -198,6 +239,7 @@ impl Node {
             store: berth_config::store::Store::new(Path::new("/var")),
             boot,
             config: std::sync::Mutex::new(config),
+            source: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,6 +249,126 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Where the config in force came from and its error, when sysd overrides PID 1's
+    /// boot record (see [`Node::fetch_first_boot`]).
+    pub fn config_source(&self) -> Option<(String, String)> {
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record where the config in force came from and what went wrong (logged).
+    pub fn set_source(&self, source: &str, error: String) {
+        if !error.is_empty() {
+            tracing::warn!("config: {error}");
+        }
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some((source.into(), error));
+    }
+
+    /// First boot with `berth.config=URL` and no other datasource: fetch the config once
+    /// the network (DHCP, from the defaults) is up, retrying for 5 minutes. A valid one is
+    /// persisted, put in force like a config PID 1 found, and kept as last known good once
+    /// the node is healthy; an invalid or unreachable one leaves the safe defaults in
+    /// force, and `osctl status` says why.
+    pub async fn fetch_first_boot(self: std::sync::Arc<Self>, url: String) {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let mut pause = std::time::Duration::from_secs(1);
+        tracing::info!("config: fetching {url} (berth.config=)");
+        let text = loop {
+            match fetch_config(&url).await {
+                Ok(t) => break t,
+                Err(e) if std::time::Instant::now() < give_up => {
+                    self.set_source(
+                        "defaults",
+                        format!("waiting for the config from {url}: {e}"),
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(15));
+                }
+                Err(e) => {
+                    self.set_source(
+                        "defaults",
+                        format!("config from {url} unreachable for 5 min, running with safe defaults: {e}"),
+                    );
+                    return;
+                }
+            }
+        };
+        let config = match berth_config::parse(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                self.set_source(
+                    "defaults",
+                    format!("config from {url} rejected, running with safe defaults: {e}"),
+                );
+                return;
+            }
+        };
+        let mut problems = Vec::new();
+        if let Err(e) = self.store.persist(&config) {
+            problems.push(format!("accepted but not persisted: {e}"));
+        }
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        problems.extend(self.apply_live(&config).await);
+        let error = if problems.is_empty() {
+            String::new()
+        } else {
+            format!("config from {url}: {}", problems.join("; "))
+        };
+        tracing::info!("config from {url} in force");
+        self.set_source(&url, error);
+        self.keep_when_healthy().await;
+    }
+
+    /// Once the node is healthy, record the config in force as last known good. A trial
+    /// begun meanwhile (`osctl config apply`) is left to its own watcher: a health check
+    /// that started before it says nothing about the new config.
+    async fn keep_when_healthy(self: std::sync::Arc<Self>) {
+        loop {
+            let checked = match (self.store.trial(), self.store.current()) {
+                (Ok(None), Ok(text)) => text,
+                _ => return,
+            };
+            if self.healthy().await.is_ok() {
+                // No await between this check and the write: an apply cannot slip in.
+                let unchanged = matches!(self.store.trial(), Ok(None))
+                    && self.store.current().ok().flatten() == checked;
+                if unchanged {
+                    if let Err(e) = self.store.mark_good(unix_now()) {
+                        tracing::warn!("cannot record the last known good config: {e}");
+                    }
+                }
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Put `config` (already the one in force) into effect without a reboot: sysctls,
+    /// files, hostname, network, registries and workloads. Returns what could not be done.
+    async fn apply_live(&self, config: &Config) -> Vec<String> {
+        let mut problems =
+            berth_config::apply::apply(config, Path::new("/proc/sys"), Path::new("/"));
+        if let Err(e) = nix::unistd::sethostname(config.host.hostname()) {
+            problems.push(format!("host.hostname: {e}"));
+        }
+        // Answer once the network is as the config says (a DHCP lease may still be on its
+        // way), so `osctl status` right after shows the new addresses.
+        let network = self.start_network();
+        if tokio::time::timeout(std::time::Duration::from_secs(30), network)
+            .await
+            .is_err()
+        {
+            problems.push("network: the new settings are not in place after 30 s".into());
+        }
+        if let Some(c) = &self.containers {
+            c.set_client(registry_client(config));
+            problems.extend(c.sync_config(config.containers.clone()).await);
+        }
+        problems
     }
 
     /// (Re)start the network from the config in force. The receiver fires once the new
@@ -296,18 +458,7 @@ impl Node {
                 tokio::spawn(self.clone().watch_trial(t));
             }
             Ok(_) => {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    loop {
-                        if me.healthy().await.is_ok() {
-                            if let Err(e) = me.store.mark_good(unix_now()) {
-                                tracing::warn!("cannot record the last known good config: {e}");
-                            }
-                            return;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                    }
-                });
+                tokio::spawn(self.clone().keep_when_healthy());
             }
             Err(e) => tracing::warn!("config trial state: {e}"),
         }
@@ -332,24 +483,7 @@ impl Node {
             .map_err(|e| ManagerError::Invalid(format!("{e}; wait for it to finish")))?;
         tracing::info!("config on trial for {deadline} s");
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
-        let mut problems =
-            berth_config::apply::apply(&config, Path::new("/proc/sys"), Path::new("/"));
-        if let Err(e) = nix::unistd::sethostname(config.host.hostname()) {
-            problems.push(format!("host.hostname: {e}"));
-        }
-        // Answer once the network is as the config says (a DHCP lease may still be on its
-        // way), so `osctl status` right after shows the new addresses.
-        let network = self.start_network();
-        if tokio::time::timeout(std::time::Duration::from_secs(30), network)
-            .await
-            .is_err()
-        {
-            problems.push("network: the new settings are not in place after 30 s".into());
-        }
-        if let Some(c) = &self.containers {
-            c.set_client(registry_client(&config));
-            problems.extend(c.sync_config(config.containers.clone()).await);
-        }
+        let problems = self.apply_live(&config).await;
         for p in &problems {
             tracing::warn!("config apply: {p}");
         }
@@ -365,7 +499,13 @@ impl Node {
 
     async fn watch_trial(self: std::sync::Arc<Self>, trial: berth_config::store::Trial) {
         loop {
-            match self.healthy().await {
+            let health = self.healthy().await;
+            // Only this trial's outcome is ours to record.
+            if !matches!(self.store.trial(), Ok(Some(t)) if t == trial) {
+                tracing::warn!("config trial: closed by someone else; not watched any more");
+                return;
+            }
+            match health {
                 Ok(()) => {
                     match self.store.mark_good(unix_now()) {
                         Ok(()) => tracing::info!("config trial: healthy; kept as last known good"),
@@ -399,6 +539,39 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_is_fetched_only_when_pid1_found_nothing() {
+        let url = "ro berth.config=http://10.0.2.100:5000/berth.toml quiet";
+        let nothing = berth_api::BootInfo {
+            config_source: "defaults".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            pending_config_url(false, &nothing, url).unwrap().as_deref(),
+            Some("http://10.0.2.100:5000/berth.toml")
+        );
+        assert_eq!(
+            pending_config_url(false, &nothing, "ro quiet").unwrap(),
+            None
+        );
+        // Already persisted (a later boot), or PID 1 found a datasource, or rejected one.
+        assert_eq!(pending_config_url(true, &nothing, url).unwrap(), None);
+        let fw_cfg = berth_api::BootInfo {
+            config_source: "fw_cfg".into(),
+            ..Default::default()
+        };
+        assert_eq!(pending_config_url(false, &fw_cfg, url).unwrap(), None);
+        let rejected = berth_api::BootInfo {
+            config_error: "config from fw_cfg rejected".into(),
+            ..nothing.clone()
+        };
+        assert_eq!(pending_config_url(false, &rejected, url).unwrap(), None);
+        let e = pending_config_url(false, &nothing, "berth.config=https://x/y").unwrap_err();
+        assert!(e.contains("http://"), "{e}");
+    }
+
     #[test]
     fn resolv_conf_is_rewritten_in_place_and_world_readable() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};

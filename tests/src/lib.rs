@@ -268,6 +268,21 @@ impl Drop for Vm {
     }
 }
 
+/// `$VAR` as a path, else `default` under the repository root.
+pub fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(default))
+}
+
+/// The host tool `berth-image` (`$BERTH_IMAGE_TOOL`, else the debug build), run from the
+/// repository root.
+pub fn image_tool() -> Command {
+    let mut c = Command::new(env_path("BERTH_IMAGE_TOOL", "target/debug/berth-image"));
+    c.current_dir(root());
+    c
+}
+
 /// Copy a (sparse) image.
 pub fn copy_image(src: &Path, dst: &Path) {
     let st = Command::new("cp")

@@ -253,3 +253,106 @@ command = ["/bin/sh", "-c", "cat /app/settings; cat /etc/resolv.conf; trap 'exit
     assert_eq!(st["hostname"], "node-ci");
     let _ = std::fs::remove_file(cfg);
 }
+
+/// A tiny HTTP server on loopback for `berth.config=`: the first request gets a 503 (the
+/// node must retry), later ones the config. Returns the port and the request count.
+fn serve_config(text: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut req = [0u8; 4096];
+            let n = c.read(&mut req).unwrap_or(0);
+            let line = String::from_utf8_lossy(&req[..n]);
+            let reply = if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_string()
+            } else if line.starts_with("GET /node/berth.toml ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = c.write_all(reply.as_bytes());
+        }
+    });
+    (port, count)
+}
+
+/// `berth.config=http://...` on the kernel command line (set on the image with
+/// `berth-image cmdline --append`) and no other datasource: sysd fetches the config once
+/// DHCP is up, retrying after a server error, applies it live and persists it.
+#[test]
+fn url_config_at_first_boot() {
+    let (port, requests) = serve_config(
+        r#"[host]
+hostname = "node-url"
+
+[sysctl]
+"vm.swappiness" = 17
+
+[[files]]
+path = "/var/lib/app/greeting"
+content = "fetched\n"
+
+[[containers]]
+name = "reader"
+image = "admin"
+mounts = [{ source = "/var/lib/app", target = "/app", read_only = true }]
+command = ["/bin/sh", "-c", "cat /app/greeting /proc/sys/vm/swappiness; trap 'exit 0' TERM; while :; do sleep 1; done"]
+"#,
+    );
+    let dir = root().join("target/system-tests/config-url-image");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("berth.img");
+    copy_image(&image(), &disk);
+    let url = "http://10.0.2.100:5000/node/berth.toml";
+    let out = image_tool()
+        .arg("cmdline")
+        .arg(&disk)
+        .arg("--append")
+        .arg(format!("berth.config={url}"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && shown.contains(&format!("berth.config={url}")),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vm = Vm::boot(
+        "config-url",
+        &disk,
+        &BootOpts {
+            extra: vec!["--registry-port".into(), port.to_string()],
+            ..Default::default()
+        },
+    );
+    vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+    let st = vm.wait_for("the fetched config", Duration::from_secs(120), || {
+        let st = vm.status();
+        (st["config_source"] == url).then_some(st)
+    });
+    assert_eq!(st["hostname"], "node-url", "{st:#}");
+    assert_eq!(st["config_error"], "", "{st:#}");
+    assert!(
+        requests.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "no retry after the 503"
+    );
+    // The config's workload runs and sees its file and sysctl.
+    vm.wait_for("the reader workload logs", Duration::from_secs(120), || {
+        let log = vm.osctl_ok(&["logs", "reader"]);
+        (log.contains("fetched") && log.contains("17")).then_some(())
+    });
+    let shown = vm.osctl_ok(&["config", "show"]);
+    assert!(shown.contains("node-url") && shown.contains(url), "{shown}");
+}

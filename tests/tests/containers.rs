@@ -1,7 +1,8 @@
 //! Whole-system test of sysd and osctl: the system container from the shipped images,
 //! a workload pulled from a real registry on loopback, logs, stats, exec, restart
-//! policy and crash-loop reporting, a sysd crash that leaves containers running, and
-//! a reboot that brings `osctl run` workloads back.
+//! policy, crash-loop reporting, cgroup v2 limits (memory.max, pids.max, cpu.max), a
+//! sysd crash that leaves containers running, and a reboot that brings `osctl run`
+//! workloads back.
 
 use berth_tests::registry::{LocalRegistry, GUEST_REGISTRY};
 use berth_tests::*;
@@ -10,6 +11,13 @@ use std::time::Duration;
 
 fn container<'a>(ps: &'a Value, name: &str) -> Option<&'a Value> {
     ps.as_array()?.iter().find(|c| c["name"] == name)
+}
+
+fn stats_of(vm: &Vm, name: &str) -> Value {
+    let stats = vm.osctl_json(&["stats"]);
+    container(&stats, name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no stats for {name}: {stats:#}"))
 }
 
 fn state(vm: &Vm, name: &str) -> (String, i64, Value) {
@@ -148,6 +156,62 @@ fn containers_run_log_restart_and_survive() {
     assert_eq!(c["exit_code"], 137, "{c:#}");
     vm.osctl_ok(&["rm", "hog"]);
 
+    // pids.max stops a fork bomb: a subshell forking 40 sleepers under a limit of 16
+    // fails to fork, the container stays within its limit and the node is unaffected.
+    vm.osctl_ok(&[
+        "run",
+        "admin",
+        "--name",
+        "forker",
+        "--pids",
+        "16",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "( i=0; while [ $i -lt 40 ]; do sleep 300 & i=$((i+1)); done ); echo \"fork loop ended: $?\"; exec sleep 300",
+    ]);
+    let logs = vm.wait_for("the fork refused", Duration::from_secs(60), || {
+        let l = vm.osctl_ok(&["logs", "forker"]);
+        l.contains("fork loop ended").then_some(l)
+    });
+    assert!(logs.contains("can't fork"), "{logs}");
+    assert!(!logs.contains("fork loop ended: 0"), "{logs}");
+    let s = stats_of(&vm, "forker");
+    assert_eq!(s["pids_max"], 16, "{s:#}");
+    let pids = s["pids"].as_u64().unwrap_or(0);
+    assert!((10..=16).contains(&pids), "{s:#}");
+    eprintln!("FIGURE fork bomb under pids.max=16: {pids} processes, fork refused");
+    vm.osctl_ok(&["rm", "--force", "forker"]);
+
+    // cpu.max throttles: a busy loop limited to 0.2 CPU gets about a fifth of a CPU.
+    vm.osctl_ok(&[
+        "run",
+        "admin",
+        "--name",
+        "spinner",
+        "--cpus",
+        "0.2",
+        "--restart",
+        "never",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    vm.wait_for("the spinner running", Duration::from_secs(30), || {
+        (state(&vm, "spinner").0 == "running").then_some(())
+    });
+    let used = |s: &Value| s["cpu_usec"].as_u64().unwrap_or(0) as f64 / 1e6;
+    let (c0, t0) = (used(&stats_of(&vm, "spinner")), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(8));
+    let (c1, wall) = (used(&stats_of(&vm, "spinner")), t0.elapsed().as_secs_f64());
+    let share = (c1 - c0) / wall;
+    eprintln!("FIGURE cpu.max 0.2: the busy loop used {share:.3} CPU over {wall:.1} s");
+    assert!(share > 0.05 && share < 0.3, "cpu share {share:.3}");
+    vm.osctl_ok(&["rm", "--force", "spinner"]);
+
     // A workload from the registry with a memory limit and a volume.
     let web = format!("{GUEST_REGISTRY}/test/busybox:1");
     let script = "echo hello-from-web $FROM_IMAGE $GREETING; echo persisted > /data/file; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
@@ -177,13 +241,7 @@ fn containers_run_log_restart_and_survive() {
     assert!(logs.contains("hello-from-web yes hi"), "{logs}");
     let tail = vm.osctl_ok(&["logs", "--tail", "1", "web"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
-    let stats = vm.osctl_json(&["stats"]);
-    let s = stats
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .unwrap_or_else(|| panic!("no stats for web: {stats:#}"));
+    let s = stats_of(&vm, "web");
     assert_eq!(s["memory_max"], 64 << 20, "{s:#}");
     assert!(s["pids"].as_u64().unwrap() >= 1, "{s:#}");
     let images = vm.osctl_ok(&["images"]);

@@ -11,6 +11,9 @@
 //! (the key pair prefix whose public half the image trusts), `BERTH_KERNEL_DIR` and
 //! `BERTH_BIN_DIR` (what the image was built from), `BERTH_IMAGE_ARM64` (optional: an
 //! arm64 build to offer as the wrong architecture). `make system-test` sets them.
+//!
+//! Every test here is named `update_*`: `make system-test` runs the other whole-system
+//! tests two at a time with `--skip update_`, then these one by one.
 
 use berth_tests::registry::{sh, LocalRegistry, Throttle, GUEST_REGISTRY};
 use berth_tests::*;
@@ -19,18 +22,6 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(default))
-}
-
-fn tool() -> Command {
-    let mut c = Command::new(env_path("BERTH_IMAGE_TOOL", "target/debug/berth-image"));
-    c.current_dir(root());
-    c
-}
 
 fn key() -> PathBuf {
     env_path("BERTH_UPDATE_KEY", "build/keys/berth-update")
@@ -45,7 +36,7 @@ fn with_ext(p: &Path, ext: &str) -> String {
 fn build(out: &Path, version: &str, services: &[PathBuf]) {
     let kernel = env_path("BERTH_KERNEL_DIR", "build/x86_64/kernel");
     let bin = env_path("BERTH_BIN_DIR", "target/x86_64-unknown-linux-gnu/release");
-    let mut c = tool();
+    let mut c = image_tool();
     c.arg("build")
         .args(["--arch", "x86_64", "--kernel"])
         .arg(&kernel)
@@ -70,7 +61,7 @@ fn build(out: &Path, version: &str, services: &[PathBuf]) {
 /// unsigned copy needs a repository of its own).
 fn publish(reg: &LocalRegistry, build: &Path, repo_tag: &str) -> String {
     let r = format!("{}/berth/{repo_tag}", reg.host());
-    let out = sh(tool()
+    let out = sh(image_tool()
         .args(["publish", &r, "--insecure", "--build"])
         .arg(build));
     eprintln!("{}", out.trim());
@@ -79,7 +70,7 @@ fn publish(reg: &LocalRegistry, build: &Path, repo_tag: &str) -> String {
 
 fn sign(reg: &LocalRegistry, key_prefix: &Path, repo_tag: &str) {
     let r = format!("{}/berth/{repo_tag}", reg.host());
-    sh(tool()
+    sh(image_tool()
         .args(["sign", "--insecure", "--key", &with_ext(key_prefix, "key")])
         .arg(&r));
 }
@@ -232,7 +223,7 @@ fn update_refuse_apply_bless_rollback_and_fall_back() {
     );
     eprintln!("built v2 and v3 in {:.1} s", t.elapsed().as_secs_f64());
     let stranger = work.join("stranger");
-    sh(tool().args(["keygen", "--out"]).arg(&stranger));
+    sh(image_tool().args(["keygen", "--out"]).arg(&stranger));
     let payload = publish(&reg, &work.join("v2"), "os:stable");
     let arm64 = std::env::var_os("BERTH_IMAGE_ARM64")
         .map(PathBuf::from)

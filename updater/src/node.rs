@@ -134,17 +134,7 @@ impl SlotDevices {
 /// `<sys_class_block>/*/uevent`, as stage 1 looks it up), under `dev_root`. The first by
 /// name when several carry the label.
 pub fn find_partition(sys_class_block: &Path, dev_root: &Path, label: &str) -> Option<PathBuf> {
-    let mut found: Vec<String> = std::fs::read_dir(sys_class_block)
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("uevent")).ok())
-        .filter_map(|t| {
-            let dev = os_release_value(&t, "DEVNAME")?;
-            (os_release_value(&t, "PARTNAME")? == label).then_some(dev)
-        })
-        .collect();
-    found.sort();
-    found.into_iter().next().map(|d| dev_root.join(d))
+    berth_api::block::find_partition(sys_class_block, dev_root, label).map(|p| p.dev)
 }
 
 /// Load trusted keys: every `*.pub` in `dir` (normally `/usr/lib/berth/keys`) plus the PEM

@@ -941,6 +941,9 @@ pub fn run_spec(req: &RunRequest) -> Result<ContainerSpec, String> {
             .map_err(|_| format!("--cpus {:?}: use a number such as 0.5", req.cpus))?;
         limits.insert("cpus".into(), c.into());
     }
+    if req.pids > 0 {
+        limits.insert("pids".into(), i64::from(req.pids).into());
+    }
     if !limits.is_empty() {
         t.insert("limits".into(), limits.into());
     }
@@ -1670,6 +1673,7 @@ mod tests {
             env: vec!["A=b".into()],
             memory: "64M".into(),
             cpus: "0.5".into(),
+            pids: 32,
             volumes: vec!["data:/data".into()],
             restart: "on-failure".into(),
             ..Default::default()
@@ -1677,6 +1681,7 @@ mod tests {
         .unwrap();
         assert_eq!(ok.name, "web");
         assert_eq!(ok.limits.memory.unwrap().bytes(), 64 << 20);
+        assert_eq!(ok.limits.pids, Some(32));
         assert_eq!(ok.restart.policy, RestartPolicy::OnFailure);
         let e = run_spec(&RunRequest {
             name: "Bad_Name".into(),
