@@ -73,6 +73,15 @@ impl LocalRegistry {
         }
     }
 
+    /// The file the registry serves blob `sha256:<hex>` from (to tamper with it).
+    pub fn blob_data(&self, hex: &str) -> std::path::PathBuf {
+        self.dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -124,6 +124,37 @@ fn refused(vm: &Vm, source: &str, needle: &str) {
     );
 }
 
+/// `osctl update apply` of an artifact whose layer is damaged in the registry: it fails
+/// with `needle` in its message, and no boot entry or boot choice changes (the inactive
+/// slot may hold the partial write, never marked bootable).
+fn refused_download(vm: &Vm, source: &str, needle: &str) {
+    let boot_state = |s: &Value| {
+        let st = &s["status"];
+        serde_json::json!([
+            st["running_slot"],
+            st["running_entry"],
+            st["other_entry"],
+            st["next_boot"]
+        ])
+    };
+    let before = update_status(vm);
+    let out = vm.osctl(&["update", "apply", "--source", source]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "apply of a damaged {source} succeeded"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    let after = update_status(vm);
+    eprintln!(
+        "refused damaged {source}: {}; inactive slot now {}",
+        err.trim().lines().last().unwrap_or(""),
+        after["status"]["other_state"]
+    );
+    assert_eq!(boot_state(&before), boot_state(&after), "{after:#}");
+    assert_ne!(after["status"]["other_state"], "pending", "{after:#}");
+}
+
 /// Wait until the node runs `version` from `slot` and `pred` holds for its update status.
 fn wait_running(
     vm: &Vm,
@@ -286,6 +317,20 @@ fn update_refuse_apply_bless_rollback_and_fall_back() {
     if arm64.is_some() {
         refused(&vm, &src("arm64"), "x86_64");
     }
+
+    // A tampered root layer (one byte flipped in the registry's storage), then a truncated
+    // one: the download fails verification; the running slot, the boot entries and the
+    // next boot are untouched, and the good layer installs afterwards.
+    let root_hex = sh(Command::new("sha256sum").arg(work.join("v2/root.img")));
+    let blob = reg.blob_data(root_hex.split_whitespace().next().unwrap());
+    let good = std::fs::read(&blob).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0xff;
+    std::fs::write(&blob, &bad).unwrap();
+    refused_download(&vm, &src("stable"), "root image");
+    std::fs::write(&blob, &good[..good.len() - 5000]).unwrap();
+    refused_download(&vm, &src("stable"), "downloading");
+    std::fs::write(&blob, &good).unwrap();
 
     // v2: check, apply (progress on stderr), reboot, blessed on slot B.
     let check = vm.osctl_ok(&["update", "check"]);
