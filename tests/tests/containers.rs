@@ -279,11 +279,23 @@ fn containers_run_log_restart_and_survive() {
     let (st, web_pid, _) = state(&vm, "web");
     assert_eq!(st, "running");
 
-    // sysd dies: PID 1 restarts it, the container keeps running and is adopted.
+    // sysd dies: PID 1 restarts it, the container keeps running and is adopted, with
+    // its uptime counted from its process start, not from the adoption.
+    let up_before = vm.wait_for("web up for 3 s", Duration::from_secs(30), || {
+        let up = state(&vm, "web").2["uptime_seconds"]
+            .as_f64()
+            .unwrap_or(0.0);
+        (up >= 3.0).then_some(up)
+    });
     vm.osctl_ok(&["debug", "kill-sysd"]);
     vm.wait_serial("sysd ready again", Duration::from_secs(120));
     let (st, pid_after, c) = state(&vm, "web");
     assert_eq!((st.as_str(), pid_after), ("running", web_pid), "{c:#}");
+    let up_after = c["uptime_seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        up_after >= up_before,
+        "uptime {up_before} s before the sysd restart, {up_after} s after: {c:#}"
+    );
     let before = vm.osctl_ok(&["logs", "web"]).matches("tick").count();
     let more = vm.wait_for(
         "web logs after sysd restart",

@@ -233,6 +233,22 @@ pub fn start_order(specs: &[(String, Vec<String>)]) -> Vec<String> {
     done
 }
 
+/// Start time of a process in clock ticks after boot: field 22 of `/proc/<pid>/stat`
+/// (counted after the command name, which may contain spaces and parentheses).
+fn start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// How long process `pid` has been running, from `/proc`.
+fn process_age(pid: i32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    let started = start_ticks(&stat)? as f64 / ticks as f64;
+    let now = crate::status::uptime();
+    (now >= started).then(|| Duration::from_secs_f64(now - started))
+}
+
 fn deps_of(s: &ContainerSpec) -> Vec<String> {
     let mut d = s.after.clone();
     d.extend(s.requires.iter().cloned());
@@ -1007,8 +1023,13 @@ async fn supervise(
             Some(e) => e.spec.clone(),
             None => return,
         };
+        let mut up_since = None;
         let pid = match adopted.take() {
-            Some(pid) => pid,
+            Some(pid) => {
+                // Adopted (sysd restarted): up since its process started.
+                up_since = process_age(pid).and_then(|age| Instant::now().checked_sub(age));
+                pid
+            }
             None => {
                 if first {
                     match wait_deps(&sh, &spec, &mut rx).await {
@@ -1062,7 +1083,7 @@ async fn supervise(
             }
         };
         first = false;
-        let started = Instant::now();
+        let started = up_since.unwrap_or_else(Instant::now);
         tracing::info!(container = %name, pid, "running");
         update(&sh, &name, |e| {
             e.state = "running";
@@ -1664,6 +1685,15 @@ mod tests {
         // A cycle still yields every name once.
         let o = start_order(&[s("a", &["b"]), s("b", &["a"])]);
         assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn process_start_time_from_proc_stat() {
+        let stat = "1234 (sh -c (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 2473984 200 18446744073709551615";
+        assert_eq!(start_ticks(stat), Some(98765));
+        assert_eq!(start_ticks("garbage"), None);
+        let me = process_age(std::process::id() as i32).expect("own age");
+        assert!(me < Duration::from_secs(24 * 3600), "{me:?}");
     }
 
     #[test]
