@@ -46,6 +46,8 @@ pub fn mount_esp() -> Result<EspGuard, String> {
     if *users == 0 {
         let dev = esp_device()?;
         std::fs::create_dir_all(ESP_MOUNT).map_err(|e| format!("creating {ESP_MOUNT}: {e}"))?;
+        // Nothing should be mounted there now; a leftover would make the mount EBUSY.
+        reset_esp();
         mount(
             Some(&dev),
             ESP_MOUNT,
@@ -54,6 +56,18 @@ pub fn mount_esp() -> Result<EspGuard, String> {
             Some("umask=0077,flush"),
         )
         .map_err(|e| format!("mounting the ESP {} on {ESP_MOUNT}: {e}", dev.display()))?;
+        // Private: containers created while it is mounted get copies that do not tie
+        // the unmount to them (a shared mount's unmount fails with EBUSY while a copy in a
+        // container being set up is in use).
+        if let Err(e) = mount(
+            None::<&str>,
+            ESP_MOUNT,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            tracing::warn!("making the ESP mount private: {e}");
+        }
     }
     *users += 1;
     Ok(EspGuard(()))
@@ -64,9 +78,11 @@ impl Drop for EspGuard {
         let mut users = ESP_USERS.lock().unwrap_or_else(|e| e.into_inner());
         *users = users.saturating_sub(1);
         if *users == 0 {
-            // The updater fsyncs what it writes; the unmount flushes the FAT itself.
+            // The updater fsyncs what it writes; the unmount flushes the FAT itself. If
+            // something still holds it, detach it now (it goes when released).
             if let Err(e) = nix::mount::umount(ESP_MOUNT) {
-                tracing::warn!("unmounting the ESP from {ESP_MOUNT}: {e}");
+                tracing::warn!("unmounting the ESP from {ESP_MOUNT}: {e}; detaching it");
+                reset_esp();
             }
         }
     }

@@ -2,9 +2,10 @@
 //! versions built from the same binaries with `berth-image build`, published and signed
 //! with `berth-image publish/sign` into a real docker-registry on loopback, which the
 //! guest reaches through guestfwd. Proves: bad artifacts are refused with nothing
-//! changed; v2 installs on slot B, boots and is blessed; rollback returns to v1; a v3
-//! whose required service never becomes healthy is tried three times by the boot loader
-//! and the node comes back to v1 by itself, with v3 recorded as failed. With an arm64
+//! changed (also a tampered and a truncated layer); v2 installs on slot B, boots and is
+//! blessed; rollback returns to v1 and, again, to v2; a v3 (on slot A) whose required
+//! service never becomes healthy is tried three times by the boot loader and the node
+//! comes back to v2 by itself, with v3 recorded as failed. With an arm64
 //! build at hand, `os:stable` carries both architectures and the node picks its own.
 //!
 //! Inputs besides the harness's: `BERTH_IMAGE_TOOL` (berth-image), `BERTH_UPDATE_KEY`
@@ -382,15 +383,20 @@ fn update_refuse_apply_bless_rollback_and_fall_back() {
     assert!(out.contains("slot a"), "{out}");
     let s = reboot_blessed(&vm, 3, &v1, "a");
     assert_eq!(s["status"]["last_rollback"]["to_slot"], "a", "{s:#}");
+    // ...and forward again: v2 from slot B, which v3 is then installed next to.
+    let out = vm.osctl_ok(&["update", "rollback"]);
+    assert!(out.contains("slot b"), "{out}");
+    let s = reboot_blessed(&vm, 4, &v2, "b");
+    assert_eq!(s["status"]["last_rollback"]["to_slot"], "b", "{s:#}");
 
     // v3 never becomes healthy: 3 tries, each rebooted by sysd at the health deadline,
-    // then systemd-boot falls back to slot A by itself and v3 is recorded as failed.
+    // then systemd-boot falls back to v2 on slot B by itself and v3 is recorded as failed.
     let out = vm.osctl_ok(&["update", "apply", "--source", &src("v3")]);
-    assert!(out.contains(&format!("installed {v3} on slot b")), "{out}");
+    assert!(out.contains(&format!("installed {v3} on slot a")), "{out}");
     let fall = Instant::now();
     vm.osctl_ok(&["reboot"]);
     // Three boots of v3 and the fallback boot.
-    vm.wait_serial_n("berth: ready", 7, Duration::from_secs(900));
+    vm.wait_serial_n("berth: ready", 8, Duration::from_secs(900));
     let serial = vm.serial();
     assert_eq!(
         serial.matches("this boot counts as failed").count(),
@@ -399,14 +405,14 @@ fn update_refuse_apply_bless_rollback_and_fall_back() {
     );
     let s = wait_running(
         &vm,
-        "v1 after the fallback",
-        &v1,
-        "a",
+        "v2 after the fallback",
+        &v2,
+        "b",
         Duration::from_secs(120),
         |s| s["boot"]["check"]["kind"] == "fell-back",
     );
     eprintln!(
-        "fell back to v1 {:.1} s after rebooting into v3",
+        "fell back to v2 {:.1} s after rebooting into v3",
         fall.elapsed().as_secs_f64()
     );
     let failed = s["status"]["failed_versions"]
