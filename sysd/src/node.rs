@@ -307,6 +307,12 @@ impl Node {
                 return;
             }
         };
+        // An operator's `osctl config apply` during the wait wins over the URL.
+        if !matches!(self.store.current(), Ok(None)) {
+            tracing::warn!("config: a config was applied meanwhile; {url} is not used");
+            *self.source.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
         let mut problems = Vec::new();
         if let Err(e) = self.store.persist(&config) {
             problems.push(format!("accepted but not persisted: {e}"));
