@@ -162,7 +162,7 @@ fuzz:
 
 # system-test builds the arm64 image too: install its cross toolchain up front.
 test: deps deps-arm64 lint unit system-test
-	@if [ -x fuzz/run.sh ]; then FUZZ_BUILD=--dev fuzz/run.sh 10; fi
+	@if [ -x fuzz/run.sh ]; then FUZZ_BUILD=--dev fuzz/run.sh 5; fi
 	@echo "make test: all tiers passed"
 
 bench:
