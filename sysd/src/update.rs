@@ -145,17 +145,7 @@ fn failed(e: impl std::fmt::Display) -> ManagerError {
 
 /// An updater error with its causes (`registry request for X failed: HTTP 404: ...`).
 fn update_failed(e: berth_updater::UpdateError) -> ManagerError {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !msg.contains(&t) {
-            msg.push_str(": ");
-            msg.push_str(&t);
-        }
-        src = s.source();
-    }
-    ManagerError::Failed(msg)
+    ManagerError::Failed(crate::error_chain(&e))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, ManagerError> {

@@ -45,7 +45,8 @@ pub fn image_info(image: &Path) -> Value {
     serde_json::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn osctl_bin() -> PathBuf {
+/// The osctl binary the tests drive (`$BERTH_OSCTL`, else the debug build).
+pub fn osctl_bin() -> PathBuf {
     std::env::var_os("BERTH_OSCTL")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/debug/osctl"))

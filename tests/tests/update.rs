@@ -433,18 +433,14 @@ fn update_refuse_apply_bless_rollback_and_fall_back() {
 /// Start `osctl update apply`, wait until its progress reaches the step named `step`, wait
 /// `delay` more, and cut the power (SIGKILL to QEMU).
 fn cut_power_during(vm: &Vm, step: &str, delay: Duration) {
-    let mut child = Command::new(
-        std::env::var_os("BERTH_OSCTL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target/debug/osctl")),
-    )
-    .arg("--connect")
-    .arg(format!("unix:path={}", vm.dir.join("osctl.sock").display()))
-    .args(["update", "apply"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("running osctl");
+    let mut child = Command::new(osctl_bin())
+        .arg("--connect")
+        .arg(format!("unix:path={}", vm.dir.join("osctl.sock").display()))
+        .args(["update", "apply"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running osctl");
     let stderr = child.stderr.take().unwrap();
     let mut seen = Vec::new();
     for line in std::io::BufReader::new(stderr).lines() {

@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod health;
 pub mod logs;
 
+use crate::error_chain;
 use berth_api::{ContainerInfo, ContainerStats, ExecReply, ImageInfo, RunRequest};
 use berth_config::{ContainerSpec, ImageRef, RestartPolicy};
 use berth_registry::{Client, Platform, Reference, Store};
@@ -901,20 +902,6 @@ impl Manager {
             self.wait_state(&name, &["stopped"], left).await;
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
 }
 
 /// The definition of an `osctl run` request, validated by the config crate.
