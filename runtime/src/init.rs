@@ -227,6 +227,9 @@ fn stage1_inner(init: &InitPlan, sock: &mut UnixStream) -> Result<(), InitError>
             preserve_fds,
         } => {
             join_cgroup(cgroup)?;
+            // The console socket is a path on the caller's side: connect before joining
+            // the container's mount namespace, where the path means something else.
+            let console = connect_console(process.terminal, console_socket.as_deref())?;
             let order = [
                 ("user", libc::CLONE_NEWUSER),
                 ("ipc", libc::CLONE_NEWIPC),
@@ -258,7 +261,7 @@ fn stage1_inner(init: &InitPlan, sock: &mut UnixStream) -> Result<(), InitError>
             std::env::set_current_dir("/").ctx(|| "chdir /".into())?;
             match sys::clone_fork(libc::CLONE_PARENT).ctx(|| "clone".into())? {
                 sys::CloneResult::Child => {
-                    let r = exec_process(process, console_socket.as_deref(), *preserve_fds, sock);
+                    let r = exec_process(process, console, *preserve_fds, sock);
                     match r {
                         Ok(never) => match never {},
                         Err(e) => report_and_exit(sock, &e),
@@ -287,26 +290,11 @@ enum Never {}
 /// The `exec` child: already in the container's namespaces and cgroup.
 fn exec_process(
     p: &ProcessPlan,
-    console: Option<&Path>,
+    console: Option<UnixStream>,
     preserve_fds: i32,
     sock: &mut UnixStream,
 ) -> Result<Never, InitError> {
     nix::unistd::setsid().ctx(|| "setsid".into())?;
-    let console = match (p.terminal, console) {
-        (true, Some(c)) => Some(
-            UnixStream::connect(c)
-                .ctx(|| format!("connecting to console socket {}", c.display()))?,
-        ),
-        (true, None) => {
-            return Err(InitError {
-                step: "process.terminal".into(),
-                source: io::Error::other(
-                    "a terminal was requested but no --console-socket was given",
-                ),
-            })
-        }
-        _ => None,
-    };
     if let Some(c) = console {
         setup_terminal(&c, p.console_size)?;
     }
@@ -424,21 +412,7 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(fifo)
         .ctx(|| format!("opening exec fifo {}", fifo.display()))?;
-    let console = match (plan.process.terminal, console_socket) {
-        (true, Some(c)) => Some(
-            UnixStream::connect(c)
-                .ctx(|| format!("connecting to console socket {}", c.display()))?,
-        ),
-        (true, None) => {
-            return Err(InitError {
-                step: "process.terminal".into(),
-                source: io::Error::other(
-                    "a terminal was requested but no --console-socket was given",
-                ),
-            })
-        }
-        _ => None,
-    };
+    let console = connect_console(plan.process.terminal, console_socket.as_deref())?;
 
     // pivot_root.
     nix::unistd::chdir(rootfs).ctx(|| format!("chdir {}", rootfs.display()))?;
@@ -726,6 +700,20 @@ fn set_caps(c: &CapsPlan) -> Result<(), InitError> {
         caps::raise(None, caps::CapSet::Ambient, cap).map_err(|e| err("ambient", e))?;
     }
     Ok(())
+}
+
+/// The connection to the console socket when the process wants a terminal.
+fn connect_console(terminal: bool, socket: Option<&Path>) -> Result<Option<UnixStream>, InitError> {
+    match (terminal, socket) {
+        (true, Some(c)) => UnixStream::connect(c)
+            .map(Some)
+            .ctx(|| format!("connecting to console socket {}", c.display())),
+        (true, None) => Err(InitError {
+            step: "process.terminal".into(),
+            source: io::Error::other("a terminal was requested but no --console-socket was given"),
+        }),
+        (false, _) => Ok(None),
+    }
 }
 
 fn setup_terminal(console: &UnixStream, size: Option<(u16, u16)>) -> Result<(), InitError> {

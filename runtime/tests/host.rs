@@ -444,19 +444,15 @@ fn no_leaks_after_many_cycles() {
     );
 }
 
-#[test]
-fn terminal_via_console_socket() {
+/// Accepts one console-socket connection on `listener` and reads the pty master it
+/// receives until the output contains `until` (or the slave side closes).
+fn read_console(
+    listener: std::os::unix::net::UnixListener,
+    until: &'static str,
+) -> std::thread::JoinHandle<String> {
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
-    let b = Bundle::new(&["sh", "-c", "tty; echo hello-from-pty"], |s| {
-        s["process"]["terminal"] = json!(true);
-    });
-    let sockdir = tempfile::tempdir().unwrap();
-    let sock_path = sockdir.path().join("console.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
-    let id = uid("tty");
-    let bundle = b.path().to_str().unwrap().to_string();
-    let receiver = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
         let mut buf = [0u8; 256];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
@@ -486,12 +482,25 @@ fn terminal_via_console_socket() {
                 break;
             }
             out.extend_from_slice(&chunk[..n]);
-            if String::from_utf8_lossy(&out).contains("hello-from-pty") {
+            if String::from_utf8_lossy(&out).contains(until) {
                 break;
             }
         }
         String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+#[test]
+fn terminal_via_console_socket() {
+    let b = Bundle::new(&["sh", "-c", "tty; echo hello-from-pty"], |s| {
+        s["process"]["terminal"] = json!(true);
     });
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock_path = sockdir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let id = uid("tty");
+    let bundle = b.path().to_str().unwrap().to_string();
+    let receiver = read_console(listener, "hello-from-pty");
     let (ok, err) = b.rt_bg(&[
         "create",
         "--console-socket",
@@ -512,6 +521,38 @@ fn terminal_via_console_socket() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("container did not stop");
+}
+
+/// `exec --tty`: the console socket is a path in the caller's mount namespace (the
+/// container's rootfs has no such path), and the process gets its own pty there.
+#[test]
+fn exec_with_terminal_via_console_socket() {
+    let b = Bundle::new(&["sleep", "100"], |_| {});
+    let id = uid("exectty");
+    let bundle = b.path().to_str().unwrap().to_string();
+    let (ok, err) = b.rt_bg(&["create", "--bundle", &bundle, &id]);
+    assert!(ok, "{err}");
+    assert!(b.rt(&["start", &id]).status.success());
+    let sockdir = tempfile::tempdir().unwrap();
+    let sock_path = sockdir.path().join("exec-console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+    let receiver = read_console(listener, "hello-from-exec");
+    let (ok, err) = b.rt_bg(&[
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "tty; echo hello-from-exec",
+    ]);
+    assert!(ok, "{err}");
+    let out = receiver.join().unwrap();
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("hello-from-exec"), "{out}");
+    assert!(b.rt(&["delete", "--force", &id]).status.success());
 }
 
 #[test]
