@@ -207,6 +207,31 @@ pub trait Manager {
     /// Run a command in a running container and return its output.
     fn exec(&self, name: &str, command: &[String], stdin: &[u8])
         -> Result<ExecReply, ManagerError>;
+    /// Start an interactive command in a running container: with a pty of its own
+    /// (`tty`, sized `rows` x `cols`; 0 = unknown) or with pipes. `session` is an id the
+    /// caller chooses; output arrives as `ExecOutput` signals, input goes in with
+    /// `ExecInput`. The session ends with `ExecWait`, or when this connection closes
+    /// (which kills the command).
+    #[allow(clippy::too_many_arguments)]
+    fn exec_start(
+        &self,
+        session: &str,
+        name: &str,
+        command: &[String],
+        tty: bool,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), ManagerError>;
+    /// Input for a session's command; empty data closes its input (without a terminal).
+    fn exec_input(&self, session: &str, data: &[u8]) -> Result<(), ManagerError>;
+    /// New window size of a session's terminal.
+    fn exec_resize(&self, session: &str, rows: u16, cols: u16) -> Result<(), ManagerError>;
+    /// Wait for a session's command to exit: (exit status, number of `ExecOutput` signals
+    /// sent for it, all before this reply). Closes the session.
+    fn exec_wait(&self, session: &str) -> Result<(i32, u64), ManagerError>;
+    /// Output of a session's command: stream 1 (the terminal, or stdout) or 2 (stderr).
+    #[zbus(signal)]
+    fn exec_output(&self, session: &str, stream: u8, data: Vec<u8>) -> zbus::Result<()>;
     /// Resource usage of every running container.
     fn stats(&self) -> Result<Vec<ContainerStats>, ManagerError>;
     /// Images in the store.

@@ -7,6 +7,7 @@
 use berth_api::{ContainerInfo, ContainerStats, ImageInfo, ManagerProxy};
 use std::time::Duration;
 
+pub mod exec;
 pub mod progress;
 pub mod update;
 

@@ -103,12 +103,20 @@ enum Cmd {
         #[arg(long, short)]
         force: bool,
     },
-    /// Run a command in a running container and print its output; exits with its status.
+    /// Run a command in a running container; exits with its status. In a terminal the
+    /// command gets a terminal on the machine (a shell works: `osctl exec admin -- sh`);
+    /// otherwise its output is collected and printed, stdout and stderr apart.
     Exec {
         name: String,
-        /// Send this program's standard input to the command.
+        /// Send this program's standard input to the command (always on with a terminal).
         #[arg(long, short)]
         interactive: bool,
+        /// Give the command a terminal even when this program's input or output is not one.
+        #[arg(long, short, conflicts_with = "no_tty")]
+        tty: bool,
+        /// No terminal, even when run in one.
+        #[arg(long = "no-tty", short = 'T')]
+        no_tty: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -314,8 +322,27 @@ async fn run(cli: Cli) -> ExitCode {
         Cmd::Exec {
             name,
             interactive,
+            tty,
+            no_tty,
             command,
         } => {
+            let tty = matches!(cli.output, Output::Text)
+                && !no_tty
+                && (tty || berth_osctl::exec::auto_tty());
+            if tty {
+                use std::io::IsTerminal;
+                let opts = berth_osctl::exec::Options {
+                    tty: true,
+                    input: interactive || std::io::stdin().is_terminal(),
+                };
+                return match berth_osctl::exec::session(&m, &name, &command, opts).await {
+                    Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                    Err(e) => {
+                        eprintln!("osctl: {e}");
+                        ExitCode::from(Exit::Failed as u8)
+                    }
+                };
+            }
             let mut input = Vec::new();
             if interactive {
                 use std::io::Read;

@@ -22,6 +22,10 @@ pub struct Manager {
     pub node: Option<std::sync::Arc<crate::node::Node>>,
     /// OS updates; `None` in tests of the bare API.
     pub updates: Option<std::sync::Arc<crate::update::NodeUpdates>>,
+    /// Interactive exec sessions of every connection.
+    pub exec: std::sync::Arc<crate::exec::Sessions>,
+    /// The connection this copy serves (set by [`serve_connection`]): sessions belong to it.
+    pub owner: String,
 }
 
 impl Manager {
@@ -170,6 +174,60 @@ impl Manager {
             .exec(name, command, stdin, Duration::from_secs(300))
             .await?)
     }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_start(
+        &self,
+        session: &str,
+        name: &str,
+        command: Vec<String>,
+        tty: bool,
+        rows: u16,
+        cols: u16,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(), ManagerError> {
+        crate::exec::check_id(session)?;
+        if self.exec.contains(&self.owner, session) {
+            return Err(ManagerError::Invalid(format!(
+                "exec session {session} is already open"
+            )));
+        }
+        let started = self
+            .containers()?
+            .exec_start(name, command, tty.then_some((rows, cols)))
+            .await?;
+        let emitter = emitter.to_owned();
+        let sid = session.to_string();
+        let emit: crate::exec::Emit = std::sync::Arc::new(move |stream, data| {
+            let (emitter, sid) = (emitter.clone(), sid.clone());
+            Box::pin(async move {
+                Manager::exec_output(&emitter, &sid, stream, &data)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        self.exec.open(&self.owner, session, started, emit)
+    }
+
+    async fn exec_input(&self, session: &str, data: Vec<u8>) -> Result<(), ManagerError> {
+        self.exec.input(&self.owner, session, data).await
+    }
+
+    async fn exec_resize(&self, session: &str, rows: u16, cols: u16) -> Result<(), ManagerError> {
+        self.exec.resize(&self.owner, session, rows, cols)
+    }
+
+    async fn exec_wait(&self, session: &str) -> Result<(i32, u64), ManagerError> {
+        self.exec.wait(&self.owner, session).await
+    }
+
+    #[zbus(signal)]
+    async fn exec_output(
+        emitter: &SignalEmitter<'_>,
+        session: &str,
+        stream: u8,
+        data: &[u8],
+    ) -> zbus::Result<()>;
 
     async fn stats(&self) -> Result<Vec<ContainerStats>, ManagerError> {
         Ok(self.containers()?.stats())
@@ -352,8 +410,14 @@ pub async fn serve_connection(
     manager: Manager,
 ) -> zbus::Result<()> {
     use futures_util::StreamExt;
+    let guid = zbus::Guid::generate();
+    let mut manager = manager;
+    manager.owner = guid.to_string();
+    let (sessions, owner) = (manager.exec.clone(), manager.owner.clone());
+    // Whatever ends this connection ends its exec sessions.
+    let _close = CloseSessions(sessions, owner);
     let build = zbus::connection::Builder::unix_stream(stream)
-        .server(zbus::Guid::generate())?
+        .server(guid)?
         .p2p()
         .serve_at(berth_api::OBJECT_PATH, manager)?
         .build();
@@ -364,6 +428,15 @@ pub async fn serve_connection(
     let mut stream = zbus::MessageStream::from(&conn);
     while stream.next().await.is_some() {}
     Ok(())
+}
+
+/// Closes a connection's exec sessions when dropped.
+struct CloseSessions(std::sync::Arc<crate::exec::Sessions>, String);
+
+impl Drop for CloseSessions {
+    fn drop(&mut self) {
+        self.0.close_owner(&self.1);
+    }
 }
 
 /// Accept connections forever.

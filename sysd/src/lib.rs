@@ -10,6 +10,7 @@
 pub mod api;
 pub mod bridge;
 pub mod containers;
+pub mod exec;
 pub mod node;
 pub mod status;
 mod sys;

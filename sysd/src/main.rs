@@ -81,6 +81,8 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             containers: containers.clone(),
             node: Some(node.clone()),
             updates: Some(updates.clone()),
+            exec: Default::default(),
+            owner: String::new(),
         },
     ));
 

@@ -12,6 +12,8 @@ async fn status_over_a_socket_pair() {
             containers: None,
             node: None,
             updates: None,
+            exec: Default::default(),
+            owner: String::new(),
         },
     ));
     let conn = zbus::connection::Builder::unix_stream(client_end)
@@ -53,6 +55,8 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
             containers: None,
             node: None,
             updates: None,
+            exec: Default::default(),
+            owner: String::new(),
         },
     ));
     tokio::time::advance(berth_sysd::api::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1))

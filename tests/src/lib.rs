@@ -138,14 +138,20 @@ impl Vm {
         self.wait_serial_n(needle, 1, timeout)
     }
 
+    /// The host-side osctl command line for this VM, before the subcommand.
+    pub fn osctl_argv(&self) -> Vec<String> {
+        vec![
+            osctl_bin().display().to_string(),
+            "--connect".into(),
+            format!("unix:path={}", self.dir.join("osctl.sock").display()),
+        ]
+    }
+
     /// Run the host-side osctl against this VM.
     pub fn osctl(&self, args: &[&str]) -> Output {
-        Command::new(osctl_bin())
-            .arg("--connect")
-            .arg(format!(
-                "unix:path={}",
-                self.dir.join("osctl.sock").display()
-            ))
+        let argv = self.osctl_argv();
+        Command::new(&argv[0])
+            .args(&argv[1..])
             .args(args)
             .output()
             .expect("running osctl")

@@ -30,6 +30,158 @@ fn state(vm: &Vm, name: &str) -> (String, i64, Value) {
     )
 }
 
+/// A host program run in a pseudo-terminal by util-linux `script` (sized 33 x 101), its
+/// keystrokes written to `script`'s input and its output collected as it comes.
+struct Terminal {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    fn start(argv: &[String]) -> Terminal {
+        use std::process::{Command, Stdio};
+        let quoted: Vec<String> = argv
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', r#"'\''"#)))
+            .collect();
+        let mut child = Command::new("script")
+            .args(["-qefc"])
+            .arg(format!("stty rows 33 cols 101; exec {}", quoted.join(" ")))
+            .arg("/dev/null")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("running script (util-linux)");
+        let input = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let o = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn type_text(&mut self, text: &str) {
+        use std::io::Write;
+        self.input.write_all(text.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) {
+        let start = std::time::Instant::now();
+        while !self.text().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} in the terminal after {timeout:?}: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "osctl did not exit: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `osctl exec` from a terminal: a shell with a pty of its own in the admin container,
+/// the host terminal's size, output streamed while the command runs, typed input, ^C
+/// reaching the command, the exit status; and a killed osctl leaves no process behind.
+/// (Nothing else may talk to the VM meanwhile: its host channel serves one client.)
+fn exec_in_a_terminal(vm: &Vm) {
+    let mut argv = vm.osctl_argv();
+    argv.extend(["exec", "admin", "--", "sh"].map(String::from));
+    let t0 = std::time::Instant::now();
+    let mut term = Terminal::start(&argv);
+    term.type_text("stty size; tty; echo marker-$((6*7))\r");
+    term.wait_for("marker-42", Duration::from_secs(30));
+    eprintln!(
+        "FIGURE osctl exec in a terminal: first command's output after {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let out = term.text();
+    assert!(out.contains("33 101"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    // Output streams while the command still runs, and the command reads what is typed.
+    term.type_text("echo ready-$((2+2)); read line; echo got-$line\r");
+    term.wait_for("ready-4", Duration::from_secs(20));
+    term.type_text("typed\r");
+    term.wait_for("got-typed", Duration::from_secs(20));
+    // ^C interrupts the remote command (the shell drops the rest of the line), not osctl.
+    term.type_text("sleep 120; echo slept\r");
+    std::thread::sleep(Duration::from_secs(2));
+    let t = std::time::Instant::now();
+    term.type_text("\x03");
+    term.type_text("echo after-$((1+1))\r");
+    term.wait_for("after-2", Duration::from_secs(20));
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(!term.text().contains("\nslept\r"), "{:?}", term.text());
+    term.type_text("exit 5\r");
+    assert_eq!(term.wait_exit(Duration::from_secs(30)), Some(5));
+
+    // A killed osctl: the command it started is killed once the machine notices.
+    let mut argv = vm.osctl_argv();
+    argv.extend(
+        [
+            "exec",
+            "admin",
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 4242",
+        ]
+        .map(String::from),
+    );
+    let mut term = Terminal::start(&argv);
+    term.wait_for("started", Duration::from_secs(30));
+    // `script` runs osctl as its child (exec): kill that.
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-P", &term.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "osctl was not found to kill");
+    let _ = term.wait_exit(Duration::from_secs(10));
+    vm.wait_for(
+        "the orphaned exec command to end",
+        Duration::from_secs(30),
+        || {
+            let ps = vm.osctl_ok(&["exec", "-T", "admin", "--", "ps"]);
+            (!ps.contains("sleep 4242")).then_some(())
+        },
+    );
+}
+
 #[test]
 fn containers_run_log_restart_and_survive() {
     let image = image();
@@ -83,6 +235,7 @@ fn containers_run_log_restart_and_survive() {
     assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
     let out = vm.osctl(&["exec", "admin", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
+    exec_in_a_terminal(&vm);
 
     // Figures: osctl round trip over virtio-serial, and init + sysd memory.
     let t = std::time::Instant::now();

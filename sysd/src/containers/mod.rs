@@ -277,7 +277,7 @@ fn exit_code(ws: nix::sys::wait::WaitStatus) -> i32 {
 /// Waits for `pid` to exit; returns its exit status (-1 when it was not our child, e.g.
 /// a container adopted from a previous sysd, whose status went to PID 1). Waits on a
 /// blocking-pool thread, so the status is collected even if nobody awaits it any more.
-async fn wait_exit(pid: i32) -> i32 {
+pub(crate) async fn wait_exit(pid: i32) -> i32 {
     tokio::task::spawn_blocking(move || wait_blocking(pid))
         .await
         .unwrap_or(-1)
@@ -683,18 +683,7 @@ impl Manager {
         stdin: Vec<u8>,
         timeout: Duration,
     ) -> Result<ExecReply, ManagerError> {
-        {
-            let e = lock(&self.sh);
-            let e = e
-                .get(name)
-                .ok_or_else(|| ManagerError::NotFound(name.into()))?;
-            if e.state != "running" {
-                return Err(ManagerError::Invalid(format!(
-                    "container {name} is {}, not running",
-                    e.state
-                )));
-            }
-        }
+        self.check_running(name)?;
         if argv.is_empty() {
             return Err(ManagerError::Invalid("no command given".into()));
         }
@@ -703,6 +692,41 @@ impl Manager {
         tokio::task::spawn_blocking(move || exec_capture(&rt, &name, argv, stdin, timeout))
             .await
             .map_err(|e| ManagerError::Failed(format!("exec task: {e}")))?
+    }
+
+    /// Start `argv` in the running container `name` for an interactive session: with a
+    /// pty of the container's own (sized `rows` x `cols` when given) when `tty`, else with
+    /// pipes. The runtime hands the pty over on a console socket in `/run/berth/exec`.
+    pub async fn exec_start(
+        &self,
+        name: &str,
+        argv: Vec<String>,
+        tty: Option<(u16, u16)>,
+    ) -> Result<crate::exec::Started, ManagerError> {
+        let console_dir = self.sh.paths.run_dir.with_file_name("exec");
+        self.check_running(name)?;
+        if argv.is_empty() {
+            return Err(ManagerError::Invalid("no command given".into()));
+        }
+        let rt = self.sh.rt.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || exec_session(&rt, &name, argv, tty, &console_dir))
+            .await
+            .map_err(|e| ManagerError::Failed(format!("exec task: {e}")))?
+    }
+
+    fn check_running(&self, name: &str) -> Result<(), ManagerError> {
+        let e = lock(&self.sh);
+        let e = e
+            .get(name)
+            .ok_or_else(|| ManagerError::NotFound(name.into()))?;
+        if e.state != "running" {
+            return Err(ManagerError::Invalid(format!(
+                "container {name} is {}, not running",
+                e.state
+            )));
+        }
+        Ok(())
     }
 
     /// Images in the store.
@@ -1572,6 +1596,140 @@ fn create_and_start(
         return Err(format!("start: {}", error_chain(&e)));
     }
     Ok((st.pid, reader, fifo))
+}
+
+/// Starts `argv` in container `name` for an exec session; blocking. With a terminal, the
+/// runtime opens a pty in the container and passes its master over a console socket.
+fn exec_session(
+    rt: &Runtime,
+    name: &str,
+    argv: Vec<String>,
+    tty: Option<(u16, u16)>,
+    console_dir: &Path,
+) -> Result<crate::exec::Started, ManagerError> {
+    use crate::exec::{Started, STDERR, STDOUT};
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        ManagerError::Failed(format!("exec in {name}: {what}: {e}"))
+    };
+    let mut process = rt
+        .default_process(name)
+        .map_err(|e| failed("container state", &error_chain(&e)))?;
+    process.args = argv;
+    process.terminal = tty.is_some();
+    process.console_size = tty.filter(|&(r, c)| r > 0 && c > 0);
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+    let Some(_) = tty else {
+        let (in_r, in_w) = pipe().map_err(|e| failed("pipe", &e))?;
+        let (out_r, out_w) = pipe().map_err(|e| failed("pipe", &e))?;
+        let (err_r, err_w) = pipe().map_err(|e| failed("pipe", &e))?;
+        let stdio = Stdio3 {
+            stdin: in_r,
+            stdout: out_w,
+            stderr: err_w,
+        };
+        let pid = rt
+            .exec(
+                name,
+                process,
+                ExecOptions {
+                    stdio: Some(stdio),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| failed("start", &error_chain(&e)))?;
+        return Ok(Started {
+            pid,
+            input: fs::File::from(in_w),
+            outputs: vec![
+                (STDOUT, fs::File::from(out_r)),
+                (STDERR, fs::File::from(err_r)),
+            ],
+            tty: None,
+        });
+    };
+    fs::create_dir_all(console_dir).map_err(|e| failed("console socket directory", &e))?;
+    let sock = console_dir.join(format!("console-{}.sock", next_console()));
+    let _ = fs::remove_file(&sock);
+    let listener =
+        std::os::unix::net::UnixListener::bind(&sock).map_err(|e| failed("console socket", &e))?;
+    // Before the process starts, its streams are nothing; then they are its pty.
+    let null = || {
+        fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| failed("/dev/null", &e))
+    };
+    let stdio = Stdio3 {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    };
+    let started = rt.exec(
+        name,
+        process,
+        ExecOptions {
+            stdio: Some(stdio),
+            console_socket: Some(sock.clone()),
+            ..Default::default()
+        },
+    );
+    let master = started
+        .map_err(|e| failed("start", &error_chain(&e)))
+        .and_then(|pid| {
+            // The process is running: its pty master is already queued on the socket.
+            listener
+                .set_nonblocking(true)
+                .and_then(|_| listener.accept())
+                .and_then(|(conn, _)| recv_fd(&conn))
+                .map(|fd| (pid, fd))
+                .map_err(|e| {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = wait_blocking(pid);
+                    failed("receiving the terminal", &e)
+                })
+        });
+    let _ = fs::remove_file(&sock);
+    let (pid, master) = master?;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| failed("dup", &e));
+    Ok(Started {
+        pid,
+        input: fs::File::from(dup(&master)?),
+        outputs: vec![(STDOUT, fs::File::from(dup(&master)?))],
+        tty: Some(master),
+    })
+}
+
+/// A number for a console socket name, unique within this sysd.
+fn next_console() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Receives one file descriptor (SCM_RIGHTS) from a connected socket.
+fn recv_fd(conn: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the descriptor was just received over SCM_RIGHTS: it is open and
+                // nothing else owns it.
+                #[allow(unsafe_code)]
+                return Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other("no descriptor came with the message"))
 }
 
 /// Runs `argv` in container `name` with pipes for its streams; blocking.
