@@ -47,7 +47,7 @@ FUZZ_SECONDS ?= 20
 APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 \
 	systemd-boot-efi erofs-utils dosfstools mtools fdisk gdisk e2fsprogs cryptsetup-bin \
 	busybox-static socat kmod cpio docker-registry skopeo umoci apache2-utils dnsmasq-base \
-	iproute2 runc crun
+	iproute2 runc crun bsdutils procps
 
 # The arm64 build: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
 APT_PACKAGES_ARM64 := rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
