@@ -25,7 +25,7 @@ mod validate;
 pub use error::{ConfigError, Errors, KeyPath, Seg};
 pub use schema::*;
 pub use types::{valid_registry_host, Cidr, Cpus, Duration, FileMode, ImageRef, Size};
-pub use validate::{start_order, valid_capability, valid_name, DependencyError};
+pub use validate::{find_cycle, start_order, valid_capability, valid_name, DependencyError};
 
 use error::Locator;
 use serde::de::DeserializeOwned;

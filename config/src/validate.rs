@@ -639,7 +639,7 @@ pub enum DependencyError {
 
 /// Finds a cycle among `specs` following `after` and `requires` (names not in the set are
 /// ignored). Returns the cycle as names, first repeated at the end.
-fn find_cycle(specs: &[&ContainerSpec]) -> Option<Vec<String>> {
+pub fn find_cycle(specs: &[&ContainerSpec]) -> Option<Vec<String>> {
     let idx: BTreeMap<&str, usize> = specs
         .iter()
         .enumerate()

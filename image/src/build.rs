@@ -235,6 +235,33 @@ fn install_keys_and_services(opts: &BuildOptions, dir: &Path) -> Result<(), Buil
         }
         write(&dest, text.as_bytes(), 0o644)?;
     }
+    check_services(&dir.join("usr/lib/berth/services"))
+}
+
+/// The image's services as one set: every `requires` defined, no dependency cycle (sysd
+/// would leave such services stopped; better to refuse the image).
+fn check_services(dir: &Path) -> Result<(), BuildError> {
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return io("reading", dir, Err(e)),
+    };
+    files.sort();
+    let mut specs = Vec::new();
+    for f in &files {
+        let text = io("reading", f, fs::read_to_string(f))?;
+        specs.push(
+            berth_config::parse_service(&text).map_err(|e| BuildError::BadService {
+                path: f.clone(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    let refs: Vec<&berth_config::ContainerSpec> = specs.iter().collect();
+    berth_config::start_order(&refs).map_err(|e| BuildError::BadService {
+        path: dir.to_path_buf(),
+        reason: format!("the image's services together: {e}"),
+    })?;
     Ok(())
 }
 
@@ -683,6 +710,32 @@ mod tests {
         let e = install_keys_and_services(&opts(d.path(), vec![], vec![svc]), &root);
         assert!(
             matches!(&e, Err(BuildError::BadService { reason, .. }) if reason.contains("already")),
+            "{e:?}"
+        );
+        // Services that need each other in a circle, or a service that is not there.
+        let (a, b) = (d.path().join("a.toml"), d.path().join("b.toml"));
+        fs::write(
+            &a,
+            "name = \"svc-a\"\nimage = \"admin\"\nrequires = [\"svc-b\"]\n",
+        )
+        .unwrap();
+        fs::write(
+            &b,
+            "name = \"svc-b\"\nimage = \"admin\"\nafter = [\"svc-a\"]\n",
+        )
+        .unwrap();
+        let e = install_keys_and_services(&opts(d.path(), vec![], vec![a]), &d.path().join("r2"));
+        assert!(
+            matches!(&e, Err(BuildError::BadService { reason, .. }) if reason.contains("svc-b")),
+            "{e:?}"
+        );
+        let e = install_keys_and_services(
+            &opts(d.path(), vec![], vec![d.path().join("a.toml"), b]),
+            &d.path().join("r3"),
+        );
+        assert!(
+            matches!(&e, Err(BuildError::BadService { reason, .. })
+                if reason.contains("dependency cycle: svc-a -> svc-b -> svc-a")),
             "{e:?}"
         );
     }

@@ -112,6 +112,7 @@ impl Manager {
             let (req, healthy) = c.required_health();
             s.required_services = req;
             s.healthy = healthy;
+            s.warnings.extend(c.problems());
         }
         s.config_change = crate::node::config_change(Path::new("/var"));
         if let Some((source, error)) = self.node.as_ref().and_then(|n| n.config_source()) {

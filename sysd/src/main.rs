@@ -110,6 +110,7 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         let mut specs: Vec<_> = system.into_iter().map(|s| (s, Kind::System)).collect();
         specs.extend(config.containers.iter().cloned().map(|s| (s, Kind::Config)));
         specs.extend(saved.into_iter().map(|s| (s, Kind::Run)));
+        m.report(&problems);
         problems.extend(m.launch(specs));
         for p in problems {
             tracing::error!("containers: {p}");

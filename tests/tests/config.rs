@@ -72,6 +72,23 @@ fn fw_cfg_config_is_applied_and_persisted() {
         .status
         .success());
 
+    // A dependency cycle is named, and nothing of it is started.
+    let cycle = write_config(
+        "cycle.toml",
+        "[[containers]]\nname = \"cyc-a\"\nimage = \"admin\"\nafter = [\"cyc-b\"]\n\n\
+         [[containers]]\nname = \"cyc-b\"\nimage = \"admin\"\nrequires = [\"cyc-a\"]\n",
+    );
+    let out = vm.osctl(&["config", "apply", cycle.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("dependency cycle: cyc-a -> cyc-b -> cyc-a"),
+        "{err}"
+    );
+    let ps = vm.osctl_ok(&["ps"]);
+    assert!(!ps.contains("cyc-"), "{ps}");
+    assert_eq!(vm.status()["hostname"], "node-7");
+
     // A good change is applied live and kept once the node is healthy.
     let next = write_config(
         "node8.toml",

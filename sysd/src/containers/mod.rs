@@ -148,6 +148,8 @@ struct Shared {
     client: Mutex<Client>,
     paths: Paths,
     platform: Platform,
+    /// Problems with the definitions, for `osctl status`.
+    problems: Mutex<Vec<String>>,
 }
 
 /// The container manager; cheap to clone.
@@ -232,6 +234,26 @@ pub fn start_order(specs: &[(String, Vec<String>)]) -> Vec<String> {
         }
     }
     done
+}
+
+/// The new definitions (`new`) caught in a dependency cycle among `old` + `new`, each with
+/// the cycle it is in (`dependency cycle: a -> b -> a`).
+pub fn cycle_members(
+    old: &[&ContainerSpec],
+    new: &[&ContainerSpec],
+) -> std::collections::HashMap<String, String> {
+    let mut all: Vec<&ContainerSpec> = old.iter().chain(new).copied().collect();
+    let mut out = std::collections::HashMap::new();
+    while let Some(cycle) = berth_config::find_cycle(&all) {
+        let why = format!("dependency cycle: {}", cycle.join(" -> "));
+        for n in &cycle {
+            if new.iter().any(|s| &s.name == n) {
+                out.entry(n.clone()).or_insert_with(|| why.clone());
+            }
+        }
+        all.retain(|s| !cycle.contains(&s.name));
+    }
+    out
 }
 
 /// Start time of a process in clock ticks after boot: field 22 of `/proc/<pid>/stat`
@@ -346,6 +368,7 @@ impl Manager {
                 client: Mutex::new(client),
                 paths,
                 platform: Platform::host(),
+                problems: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -425,6 +448,20 @@ impl Manager {
                 accepted.push((s, k));
             }
         }
+        // Definitions whose dependencies go round in a circle can never start: say so and
+        // leave them stopped, start the rest.
+        let in_cycle = {
+            let entries = lock(&self.sh);
+            let old: Vec<&ContainerSpec> = entries.values().map(|e| &e.spec).collect();
+            let new: Vec<&ContainerSpec> = accepted.iter().map(|(s, _)| s).collect();
+            cycle_members(&old, &new)
+        };
+        let mut cycles: Vec<&String> = in_cycle.values().collect();
+        cycles.sort();
+        cycles.dedup();
+        for c in cycles {
+            problems.push(format!("{c}: these containers are not started"));
+        }
         let known: HashSet<String> = accepted.iter().map(|(s, _)| s.name.clone()).collect();
         // Containers left in the runtime that nothing defines any more: remove them.
         if let Ok(list) = self.sh.rt.list() {
@@ -437,9 +474,42 @@ impl Manager {
             }
         }
         for (s, k) in accepted {
-            self.spawn(s, k, true);
+            let Some(why) = in_cycle.get(&s.name) else {
+                self.spawn(s, k, true);
+                continue;
+            };
+            let name = s.name.clone();
+            // Not started, but still adopted when a previous sysd left it running.
+            self.spawn(s, k, false);
+            update(&self.sh, &name, |e| {
+                if e.state == "waiting" {
+                    e.state = "failed";
+                    e.message = why.clone();
+                }
+            });
         }
+        self.report(&problems);
         problems
+    }
+
+    /// Problems with the definitions (unreadable, defined twice, dependency cycles), for
+    /// `osctl status`.
+    pub fn problems(&self) -> Vec<String> {
+        self.sh
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record problems found outside [`Manager::launch`] (reading the definitions).
+    pub fn report(&self, problems: &[String]) {
+        let mut kept = self.sh.problems.lock().unwrap_or_else(|e| e.into_inner());
+        for p in problems {
+            if !kept.contains(p) {
+                kept.push(p.clone());
+            }
+        }
     }
 
     fn spawn(&self, spec: ContainerSpec, kind: Kind, start: bool) {
@@ -1816,6 +1886,31 @@ fn exec_capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependency_cycles_are_found_across_old_and_new_definitions() {
+        let spec = |n: &str, after: &[&str], requires: &[&str]| {
+            let mut t = format!("name = \"{n}\"\nimage = \"admin\"\n");
+            t += &format!("after = {after:?}\nrequires = {requires:?}\n");
+            berth_config::parse_service(&t).unwrap()
+        };
+        let (ntpd, admin) = (spec("ntpd", &[], &[]), spec("admin", &["ntpd"], &[]));
+        let (a, b) = (spec("a", &["b"], &[]), spec("b", &[], &["a"]));
+        let c = spec("c", &["ntpd"], &[]);
+        let m = cycle_members(&[&ntpd, &admin], &[&a, &b, &c]);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m["a"], "dependency cycle: a -> b -> a");
+        assert_eq!(m["b"], m["a"]);
+        // Only new definitions are reported; an old one in the cycle is not.
+        let m = cycle_members(&[&a], &[&b]);
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["b"]);
+        // Two separate cycles.
+        let (x, y) = (spec("x", &["y"], &[]), spec("y", &["x"], &[]));
+        let m = cycle_members(&[], &[&a, &b, &x, &y, &c]);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m["x"].contains("x -> y -> x") || m["x"].contains("y -> x -> y"));
+        assert!(cycle_members(&[&ntpd, &admin], &[&c]).is_empty());
+    }
 
     #[test]
     fn dependency_order() {
