@@ -3,15 +3,38 @@
 # from a local docker-registry, Berth (`berth-image pull`, layers unpacked for overlayfs
 # in the same pass as the download) vs `skopeo copy` to an OCI layout + `umoci unpack`.
 # Alternating runs; prints medians, the ratio and peak RSS. RUNS=N (default 5).
-# Needs: docker-registry skopeo umoci (make deps), python3, /usr/bin/time. Run as root
-# (umoci unpack and Berth keep file ownership).
+# Needs: docker-registry skopeo umoci (make deps), python3, /usr/bin/time, losetup and
+# mkfs.ext4. Run as root (fresh loop-mounted filesystems; umoci unpack and Berth keep file
+# ownership).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 RUNS=${RUNS:-5}
 work=$(mktemp -d /var/tmp/berth-bench-pull.XXXXXX)
 reg_pid=
-cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+loopdev=
+# Each cold run, of either side, gets a fresh ext4 (3 GiB, on a loop device with direct
+# I/O, so syncs reach the disk): file creation on a long-used ext4 slows down with every
+# tree removed from it (the inode allocator skips recently deleted inodes), and that
+# would make the later runs of both sides slower than the first.
+fresh_fs() {
+  if mountpoint -q "$work/fs"; then umount "$work/fs"; fi
+  if [ -n "$loopdev" ]; then losetup -d "$loopdev"; loopdev=; fi
+  rm -f "$work/fs.img"
+  truncate -s 3G "$work/fs.img"
+  loopdev=$(losetup --direct-io=on --show -f "$work/fs.img")
+  mkfs.ext4 -q -F "$loopdev"
+  mkdir -p "$work/fs"
+  mount "$loopdev" "$work/fs"
+  sync
+}
+cleanup() {
+  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
+  wait 2>/dev/null || true
+  if mountpoint -q "$work/fs" 2>/dev/null; then umount "$work/fs"; fi
+  [ -n "$loopdev" ] && losetup -d "$loopdev"
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 echo "bench/pull: building berth-image (release)"
@@ -74,12 +97,12 @@ ref="127.0.0.1:$port/bench/app:1"
 
 : > "$work/berth.txt"; : > "$work/peer.txt"
 for r in $(seq "$RUNS"); do
-  rm -rf "$work/store" "$work/oci" "$work/bundle"; sync
-  /usr/bin/time -f "%e %M" -o "$work/t" "$bin" pull "$ref" --store "$work/store" --insecure >/dev/null
+  fresh_fs
+  /usr/bin/time -f "%e %M" -o "$work/t" "$bin" pull "$ref" --store "$work/fs/store" --insecure >/dev/null
   cat "$work/t" >> "$work/berth.txt"
-  rm -rf "$work/store"; sync
-  /usr/bin/time -f "%e %M" -o "$work/t1" skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
-  /usr/bin/time -f "%e %M" -o "$work/t2" umoci unpack --image "$work/oci:bench" "$work/bundle" >/dev/null
+  fresh_fs
+  /usr/bin/time -f "%e %M" -o "$work/t1" skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/fs/oci:bench"
+  /usr/bin/time -f "%e %M" -o "$work/t2" umoci unpack --image "$work/fs/oci:bench" "$work/fs/bundle" >/dev/null
   python3 -c "
 a=open('$work/t1').read().split(); b=open('$work/t2').read().split()
 print(float(a[0])+float(b[0]), max(int(a[1]), int(b[1])))" >> "$work/peer.txt"
