@@ -16,7 +16,7 @@ pub mod status;
 mod sys;
 pub mod update;
 
-pub use sys::ReadyFd;
+pub use sys::{single_malloc_arena, ReadyFd};
 
 /// An error with its causes, each added once: `pulling X: registry request failed: HTTP 404`.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

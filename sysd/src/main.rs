@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     berth_runtime::maybe_run_init();
     // Before anything opens a file: take the readiness fd PID 1 gave us.
     let ready = berth_sysd::ReadyFd::from_env();
+    berth_sysd::single_malloc_arena();
     // Whatever the parent left blocked, sysd handles SIGTERM (ordered shutdown).
     let _ = nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,

@@ -1,4 +1,5 @@
-//! The one place sysd needs `unsafe`: taking ownership of the readiness fd PID 1 passed us.
+//! The one place sysd needs `unsafe`: taking ownership of the readiness fd PID 1 passed us,
+//! and a malloc setting.
 #![allow(unsafe_code)]
 
 use std::io::Write;
@@ -31,4 +32,17 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     let p = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(Into::into)
+}
+
+/// One malloc arena for the whole process. glibc gives threads arenas of their own (up to
+/// 8 per core), and sysd's short-lived threads (log pumps, exec sessions, blocking waits)
+/// would each leave freed memory resident in one: with a single arena, idle RSS stays low.
+/// Call first thing in `main`, before other threads exist.
+pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc tuning parameter; M_ARENA_MAX with a positive
+    // value is always valid, and no other thread exists yet to race with it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

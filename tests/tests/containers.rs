@@ -40,20 +40,26 @@ struct Terminal {
 
 impl Terminal {
     fn start(argv: &[String]) -> Terminal {
-        use std::process::{Command, Stdio};
         let quoted: Vec<String> = argv
             .iter()
             .map(|a| format!("'{}'", a.replace('\'', r#"'\''"#)))
             .collect();
-        let mut child = Command::new("script")
-            .args(["-qefc"])
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qefc"])
             .arg(format!("stty rows 33 cols 101; exec {}", quoted.join(" ")))
-            .arg("/dev/null")
+            .arg("/dev/null");
+        Terminal::spawn(cmd)
+    }
+
+    /// Any program, its output collected as it comes (no terminal unless it makes one).
+    fn spawn(mut cmd: std::process::Command) -> Terminal {
+        use std::process::Stdio;
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("running script (util-linux)");
+            .expect("starting a host program");
         let input = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -394,6 +400,21 @@ fn containers_run_log_restart_and_survive() {
     assert!(logs.contains("hello-from-web yes hi"), "{logs}");
     let tail = vm.osctl_ok(&["logs", "--tail", "1", "web"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
+    // `logs -f` follows: lines written after it started arrive while it runs. (Alone on
+    // the VM's host channel until it is stopped.)
+    let last: u64 = tail
+        .trim()
+        .rsplit_once("tick ")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a tick line: {tail:?}"));
+    let argv = vm.osctl_argv();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .args(["logs", "-f", "--tail", "1", "web"]);
+    let mut follow = Terminal::spawn(cmd);
+    follow.wait_for(&format!("tick {}\n", last + 3), Duration::from_secs(30));
+    follow.child.kill().unwrap();
+    let _ = follow.child.wait();
     let s = stats_of(&vm, "web");
     assert_eq!(s["memory_max"], 64 << 20, "{s:#}");
     assert!(s["pids"].as_u64().unwrap() >= 1, "{s:#}");
@@ -424,6 +445,39 @@ fn containers_run_log_restart_and_survive() {
     });
     assert_eq!(c["exit_code"], 3, "{c:#}");
     vm.osctl_ok(&["rm", "--force", "crasher"]);
+
+    // The workload's process killed from outside (from an exec): restarted per its
+    // policy (`always`, the default of `osctl run`).
+    vm.osctl_ok(&[
+        "run",
+        &web,
+        "--name",
+        "victim",
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 600 & echo $! > /tmp/work.pid; wait $!",
+    ]);
+    vm.wait_for("victim started", Duration::from_secs(60), || {
+        vm.osctl_ok(&["logs", "victim"])
+            .contains("started")
+            .then_some(())
+    });
+    vm.osctl_ok(&[
+        "exec",
+        "victim",
+        "--",
+        "sh",
+        "-c",
+        "kill -KILL $(cat /tmp/work.pid)",
+    ]);
+    let c = vm.wait_for("victim restarted", Duration::from_secs(60), || {
+        let (st, _, c) = state(&vm, "victim");
+        let again = vm.osctl_ok(&["logs", "victim"]).matches("started").count() >= 2;
+        (st == "running" && c["restarts"].as_u64().unwrap_or(0) >= 1 && again).then_some(c)
+    });
+    assert_eq!(c["exit_code"], 128 + 9, "{c:#}");
+    vm.osctl_ok(&["rm", "--force", "victim"]);
 
     // stop/start.
     vm.osctl_ok(&["stop", "web"]);
