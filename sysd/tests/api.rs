@@ -67,3 +67,47 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
         "a peer that never authenticates must be dropped"
     );
 }
+
+#[tokio::test]
+async fn exec_session_errors_are_typed() {
+    let (server_end, client_end) = tokio::net::UnixStream::pair().unwrap();
+    tokio::spawn(berth_sysd::api::serve_connection(
+        server_end,
+        berth_sysd::api::Manager {
+            sysd_start: 1,
+            containers: None,
+            node: None,
+            updates: None,
+            exec: Default::default(),
+            owner: String::new(),
+        },
+    ));
+    let conn = zbus::connection::Builder::unix_stream(client_end)
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+    let m = ManagerProxy::new(&conn).await.unwrap();
+    use berth_api::ManagerError;
+    // A bad session id is refused before anything starts.
+    let e = m
+        .exec_start("no/slash", "admin", &["sh".into()], true, 24, 80)
+        .await;
+    assert!(matches!(e, Err(ManagerError::Invalid(_))), "{e:?}");
+    // Without containers there is nothing to exec in: a failure, not a hang.
+    let e = m
+        .exec_start("s1", "admin", &["sh".into()], true, 24, 80)
+        .await;
+    assert!(
+        matches!(&e, Err(ManagerError::Failed(m)) if m.contains("not managed")),
+        "{e:?}"
+    );
+    // Sessions that do not exist.
+    for e in [
+        m.exec_wait("s1").await.map(drop),
+        m.exec_input("s1", b"x").await,
+        m.exec_resize("s1", 1, 1).await,
+    ] {
+        assert!(matches!(e, Err(ManagerError::NotFound(_))), "{e:?}");
+    }
+}
