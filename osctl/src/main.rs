@@ -107,6 +107,7 @@ enum Cmd {
     /// command gets a terminal on the machine (a shell works: `osctl exec admin -- sh`);
     /// otherwise its output is collected and printed, stdout and stderr apart.
     Exec {
+        /// The container (`osctl ps` lists them).
         name: String,
         /// Send this program's standard input to the command (always on with a terminal).
         #[arg(long, short)]
