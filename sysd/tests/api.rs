@@ -2,26 +2,34 @@
 
 use berth_api::ManagerProxy;
 
-#[tokio::test]
-async fn status_over_a_socket_pair() {
-    let (server_end, client_end) = tokio::net::UnixStream::pair().unwrap();
-    let server = tokio::spawn(berth_sysd::api::serve_connection(
-        server_end,
-        berth_sysd::api::Manager {
-            sysd_start: 7,
-            containers: None,
-            node: None,
-            updates: None,
-            exec: Default::default(),
-            owner: String::new(),
-        },
-    ));
-    let conn = zbus::connection::Builder::unix_stream(client_end)
+/// osctl's side of a socket pair.
+async fn client(end: tokio::net::UnixStream) -> (zbus::Connection, ManagerProxy<'static>) {
+    let conn = zbus::connection::Builder::unix_stream(end)
         .p2p()
         .build()
         .await
         .unwrap();
     let m = ManagerProxy::new(&conn).await.unwrap();
+    (conn, m)
+}
+
+/// The API alone: no containers, node or updates behind it.
+fn bare(sysd_start: u32) -> berth_sysd::api::Manager {
+    berth_sysd::api::Manager {
+        sysd_start,
+        containers: None,
+        node: None,
+        updates: None,
+        exec: Default::default(),
+        owner: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn status_over_a_socket_pair() {
+    let (server_end, client_end) = tokio::net::UnixStream::pair().unwrap();
+    let server = tokio::spawn(berth_sysd::api::serve_connection(server_end, bare(7)));
+    let (conn, m) = client(client_end).await;
     let st = m.status().await.unwrap();
     assert_eq!(st.sysd_starts, 7);
     assert_eq!(st.sysd_pid, std::process::id());
@@ -48,17 +56,7 @@ async fn status_over_a_socket_pair() {
 async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
     let (server_end, _client_end) = tokio::net::UnixStream::pair().unwrap();
     tokio::time::pause();
-    let server = tokio::spawn(berth_sysd::api::serve_connection(
-        server_end,
-        berth_sysd::api::Manager {
-            sysd_start: 1,
-            containers: None,
-            node: None,
-            updates: None,
-            exec: Default::default(),
-            owner: String::new(),
-        },
-    ));
+    let server = tokio::spawn(berth_sysd::api::serve_connection(server_end, bare(1)));
     tokio::time::advance(berth_sysd::api::HANDSHAKE_TIMEOUT + std::time::Duration::from_secs(1))
         .await;
     let res = server.await.unwrap();
@@ -71,23 +69,8 @@ async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
 #[tokio::test]
 async fn exec_session_errors_are_typed() {
     let (server_end, client_end) = tokio::net::UnixStream::pair().unwrap();
-    tokio::spawn(berth_sysd::api::serve_connection(
-        server_end,
-        berth_sysd::api::Manager {
-            sysd_start: 1,
-            containers: None,
-            node: None,
-            updates: None,
-            exec: Default::default(),
-            owner: String::new(),
-        },
-    ));
-    let conn = zbus::connection::Builder::unix_stream(client_end)
-        .p2p()
-        .build()
-        .await
-        .unwrap();
-    let m = ManagerProxy::new(&conn).await.unwrap();
+    tokio::spawn(berth_sysd::api::serve_connection(server_end, bare(1)));
+    let (_conn, m) = client(client_end).await;
     use berth_api::ManagerError;
     // A bad session id is refused before anything starts.
     let e = m

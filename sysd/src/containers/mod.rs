@@ -1814,39 +1814,22 @@ fn exec_capture(
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         ManagerError::Failed(format!("exec in {name}: {what}: {e}"))
     };
-    let mut process = rt
-        .default_process(name)
-        .map_err(|e| failed("container state", &error_chain(&e)))?;
-    process.args = argv;
-    process.terminal = false;
-    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-    let (in_r, in_w) = pipe().map_err(|e| failed("pipe", &e))?;
-    let (out_r, out_w) = pipe().map_err(|e| failed("pipe", &e))?;
-    let (err_r, err_w) = pipe().map_err(|e| failed("pipe", &e))?;
-    let pid = rt
-        .exec(
-            name,
-            process,
-            ExecOptions {
-                stdio: Some(Stdio3 {
-                    stdin: in_r,
-                    stdout: out_w,
-                    stderr: err_w,
-                }),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| failed("start", &error_chain(&e)))?;
+    let started = exec_session(rt, name, argv, None, Path::new(""))?;
+    let pid = started.pid;
+    let mut input = started.input;
     let writer = std::thread::spawn(move || {
-        let mut f = fs::File::from(in_w);
-        let _ = f.write_all(&stdin);
+        let _ = input.write_all(&stdin);
     });
-    let read = |fd: OwnedFd| {
+    let read = |f: fs::File| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
-            let _ = fs::File::from(fd).take(CAP).read_to_end(&mut v);
+            let _ = f.take(CAP).read_to_end(&mut v);
             v
         })
+    };
+    let mut outputs = started.outputs.into_iter().map(|(_, f)| f);
+    let (Some(out_r), Some(err_r)) = (outputs.next(), outputs.next()) else {
+        return Err(failed("start", &"no output pipes"));
     };
     let (out_t, err_t) = (read(out_r), read(err_r));
     // Kill it when it overstays.
