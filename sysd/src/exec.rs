@@ -219,7 +219,11 @@ impl Sessions {
                 tracing::info!("exec session: client disconnected; killing pid {}", s.pid);
                 kill(s.pid, nix::sys::signal::Signal::SIGKILL);
             }
-            lock(&s.input).take();
+            // An input write still blocked (a command that does not read) keeps its lock
+            // until the kill above ends it; the input closes when that write returns.
+            if let Ok(mut input) = s.input.try_lock() {
+                input.take();
+            }
         }
     }
 }
