@@ -7,6 +7,8 @@
 //! service never becomes healthy is tried three times by the boot loader and the node
 //! comes back to v2 by itself, with v3 recorded as failed. With an arm64
 //! build at hand, `os:stable` carries both architectures and the node picks its own.
+//! Power cuts during an apply leave a bootable node. `policy = "auto"` installs by itself
+//! and reboots only once its reboot window opens.
 //!
 //! Inputs besides the harness's: `BERTH_IMAGE_TOOL` (berth-image), `BERTH_UPDATE_KEY`
 //! (the key pair prefix whose public half the image trusts), `BERTH_KERNEL_DIR` and
@@ -520,4 +522,66 @@ fn update_power_cuts_leave_a_bootable_node() {
         |s| s["status"]["blessed"] == true,
     );
     eprintln!("after the cut right after the entry: {}", s["boot"]["note"]);
+}
+
+/// `policy = "auto"` with a reboot window: with nobody asking, the node finds v2 (its
+/// first look is a minute after sysd starts), installs it at once, waits for the window
+/// to open, then reboots into v2 and blesses it.
+#[test]
+fn update_auto_policy_installs_then_reboots_in_the_window() {
+    let (image, v1, work, reg) = setup("update-auto-work");
+    let v2 = format!("{v1}.1");
+    build(&work.join("v2"), &v2, &[]);
+    publish(&reg, &work.join("v2"), "os:stable");
+    sign(&reg, &key(), "os:stable");
+    // The window opens 3-4 minutes from now (UTC, whole minutes): after the install.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let opens = (now() + 180).div_ceil(60) * 60;
+    let start = format!("{:02}:{:02}", (opens / 3600) % 24, (opens / 60) % 60);
+    let policy = format!(
+        "policy = \"auto\"\nreboot_window = {{ start = \"{start}\", duration = \"30m\" }}\n"
+    );
+    let (vm, _) = boot_v1("update-auto", &image, &work, reg.port, &policy, &v1);
+
+    // Installed by itself, and waiting: the next boot is v2 on slot b, not taken yet.
+    let s = wait_running(
+        &vm,
+        "v2 installed by the auto policy",
+        &v1,
+        "a",
+        Duration::from_secs(240),
+        |s| s["status"]["other_state"] == "pending",
+    );
+    let installed = now();
+    eprintln!(
+        "installed {} s before the window opens ({start} UTC): {}",
+        opens as i64 - installed as i64,
+        s["status"]
+    );
+    assert!(installed < opens, "installed after the window opened");
+    assert_eq!(s["status"]["other_version"], v2.as_str(), "{s:#}");
+    assert_eq!(s["status"]["next_boot"]["slot"], "b", "{s:#}");
+
+    // The reboot waits for the window, then v2 boots and is blessed.
+    vm.wait_serial_n(
+        "berth: ready",
+        2,
+        Duration::from_secs(opens - installed + 300),
+    );
+    let rebooted = now();
+    eprintln!("rebooted {} s after the window opened", rebooted - opens);
+    assert!(rebooted >= opens, "rebooted before the window opened");
+    wait_running(
+        &vm,
+        "v2 blessed on slot b",
+        &v2,
+        "b",
+        Duration::from_secs(180),
+        |s| s["status"]["blessed"] == true,
+    );
 }
