@@ -42,6 +42,10 @@ pub struct Host {
     /// IANA time zone name, e.g. `Europe/Berlin`. Default: `UTC`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// NTP servers (names or addresses) for the `ntpd` system service. Empty (the
+    /// default): the NTP pool, `pool.ntp.org`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ntp_servers: Vec<String>,
 }
 
 /// Hostname used when the config names none.

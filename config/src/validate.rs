@@ -91,6 +91,20 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
             );
         }
     }
+    let ntp = host.key("ntp_servers");
+    if c.host.ntp_servers.len() > 8 {
+        cx.err(ntp.clone(), "at most 8 NTP servers".to_string());
+    }
+    for (i, n) in c.host.ntp_servers.iter().enumerate() {
+        if n.parse::<std::net::IpAddr>().is_err() && !valid_domain(n) {
+            cx.err(
+                ntp.index(i),
+                format!("invalid NTP server {n:?} (a host name such as \"time.example.com\" or an IP address)"),
+            );
+        } else if c.host.ntp_servers[..i].contains(n) {
+            cx.err(ntp.index(i), format!("NTP server {n:?} is listed twice"));
+        }
+    }
     network(c, cx);
     let sys = root.key("sysctl");
     for k in c.sysctl.keys() {

@@ -205,10 +205,11 @@ pub fn admin_layer(busybox: &[u8]) -> std::io::Result<Vec<u8>> {
     layer_tar(e)
 }
 
-/// The ntpd config shipped in the image: the NTP pool, until the machine config names
-/// servers. OpenNTPD retries a failed name lookup by itself (no crash loop without DNS).
+/// The ntpd config shipped in the image: the NTP pool. On a node sysd mounts the one it
+/// renders from `host.ntp_servers` over it. OpenNTPD retries a failed name lookup by
+/// itself (no crash loop without DNS).
 pub const NTPD_CONF: &str =
-    "# Shipped default; servers from the machine config are planned.\nservers pool.ntp.org\n";
+    "# Shipped default; the node mounts /run/berth/ntpd.conf over it.\nservers pool.ntp.org\n";
 
 /// Where the C library of `arch` lives in Debian's `libc6`: its multiarch dir, the
 /// dynamic loader's file name, and the loader path programs name (`PT_INTERP`) relative

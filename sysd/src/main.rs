@@ -103,6 +103,12 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
             tracing::warn!("cannot notify PID 1 of readiness: {e}");
         }
     }
+    // Before the services start: ntpd mounts its config from here.
+    if let Err(e) =
+        berth_sysd::node::write_ntpd_conf(Path::new(berth_sysd::node::NTPD_CONF), &config)
+    {
+        tracing::error!("cannot write {}: {e}", berth_sysd::node::NTPD_CONF);
+    }
     if let Some(m) = &containers {
         use berth_sysd::containers::{load_services, Kind};
         let (system, mut problems) = load_services(&paths.services);

@@ -98,6 +98,23 @@ pub async fn run_network(config: Config, ready: tokio::sync::oneshot::Sender<()>
     }
 }
 
+/// The ntpd system service's config, rendered from `host.ntp_servers` (the service mounts
+/// it over `/etc/openntpd/ntpd.conf`).
+pub const NTPD_CONF: &str = "/run/berth/ntpd.conf";
+
+/// Write [`NTPD_CONF`] for `config`; `Ok(true)` when its content changed.
+pub fn write_ntpd_conf(path: &Path, config: &Config) -> std::io::Result<bool> {
+    let text = config.ntpd_conf();
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    rewrite_in_place(path, text.as_bytes())?;
+    Ok(true)
+}
+
 /// Replace a file's content keeping its inode and mode (0644 when created): host-network
 /// containers bind-mount `/etc/resolv.conf` as a single file, so a rename would leave them
 /// reading the old one, and every user in them must be able to read it.
@@ -374,6 +391,19 @@ impl Node {
             c.set_client(registry_client(config));
             problems.extend(c.sync_config(config.containers.clone()).await);
         }
+        match write_ntpd_conf(Path::new(NTPD_CONF), config) {
+            Ok(false) => {}
+            // ntpd reads its servers once: restart it (when the image has it).
+            Ok(true) => match &self.containers {
+                Some(c) if c.exists("ntpd") => {
+                    if let Err(e) = c.restart("ntpd").await {
+                        problems.push(format!("host.ntp_servers: restarting ntpd: {e}"));
+                    }
+                }
+                _ => {}
+            },
+            Err(e) => problems.push(format!("host.ntp_servers: writing {NTPD_CONF}: {e}")),
+        }
         problems
     }
 
@@ -576,6 +606,25 @@ mod tests {
         assert_eq!(pending_config_url(false, &rejected, url).unwrap(), None);
         let e = pending_config_url(false, &nothing, "berth.config=https://x/y").unwrap_err();
         assert!(e.contains("http://"), "{e}");
+    }
+
+    #[test]
+    fn ntpd_conf_is_written_only_when_it_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("run/berth/ntpd.conf");
+        let mut c = Config::default();
+        assert!(write_ntpd_conf(&p, &c).unwrap());
+        assert!(std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("servers pool.ntp.org"));
+        assert!(!write_ntpd_conf(&p, &c).unwrap());
+        c.host.ntp_servers = vec!["10.0.2.2".into()];
+        assert!(write_ntpd_conf(&p, &c).unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.contains("servers 10.0.2.2\n") && !text.contains("pool"),
+            "{text}"
+        );
     }
 
     #[test]

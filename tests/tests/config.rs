@@ -18,7 +18,7 @@ fn fw_cfg_config_is_applied_and_persisted() {
     let image = image();
     let cfg = write_config(
         "node7.toml",
-        "[host]\nhostname = \"node-7\"\n\n[sysctl]\n\"vm.swappiness\" = 13\n\n[[files]]\npath = \"/etc/motd\"\ncontent = \"welcome\\n\"\n\n[[containers]]\nname = \"greeter\"\nimage = \"admin\"\ncommand = [\"/bin/sh\", \"-c\", \"echo greeter up; cat /proc/sys/vm/swappiness; trap 'exit 0' TERM; while :; do sleep 1; done\"]\n",
+        "[host]\nhostname = \"node-7\"\nntp_servers = [\"10.0.2.2\"]\n\n[sysctl]\n\"vm.swappiness\" = 13\n\n[[files]]\npath = \"/etc/motd\"\ncontent = \"welcome\\n\"\n\n[[containers]]\nname = \"greeter\"\nimage = \"admin\"\ncommand = [\"/bin/sh\", \"-c\", \"echo greeter up; cat /proc/sys/vm/swappiness; trap 'exit 0' TERM; while :; do sleep 1; done\"]\n",
     );
     let vm = Vm::boot(
         "config-fwcfg",
@@ -50,6 +50,17 @@ fn fw_cfg_config_is_applied_and_persisted() {
         !st["warnings"].to_string().contains("config:"),
         "config applied with problems: {st:#}"
     );
+    // ntpd uses the config's NTP server.
+    let peers = || vm.osctl_ok(&["exec", "ntpd", "--", "/usr/sbin/ntpctl", "-s", "peers"]);
+    let p = vm.wait_for(
+        "ntpd peers from the config",
+        Duration::from_secs(60),
+        || {
+            let p = peers();
+            p.contains("10.0.2.2").then_some(p)
+        },
+    );
+    eprintln!("ntpctl -s peers:\n{p}");
 
     // Power off, boot the same disk without the datasource: the persisted config rules.
     vm.qmp("system_powerdown");
@@ -96,6 +107,11 @@ fn fw_cfg_config_is_applied_and_persisted() {
     );
     vm.osctl_ok(&["config", "apply", next.to_str().unwrap()]);
     assert_eq!(vm.status()["hostname"], "node-8");
+    // No NTP servers named any more: ntpd was restarted with the default (the NTP pool,
+    // which does not resolve here).
+    let p = peers();
+    assert!(!p.contains("10.0.2.2") && p.contains("pool.ntp.org"), "{p}");
+    eprintln!("ntpctl -s peers after the change:\n{p}");
     vm.wait_for("the new config kept", Duration::from_secs(120), || {
         (vm.status()["config_change"] == "applied").then_some(())
     });

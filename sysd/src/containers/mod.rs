@@ -492,6 +492,11 @@ impl Manager {
         problems
     }
 
+    /// Whether a container of this name is defined.
+    pub fn exists(&self, name: &str) -> bool {
+        lock(&self.sh).contains_key(name)
+    }
+
     /// Problems with the definitions (unreadable, defined twice, dependency cycles), for
     /// `osctl status`.
     pub fn problems(&self) -> Vec<String> {
