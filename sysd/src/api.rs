@@ -416,6 +416,7 @@ pub async fn serve_connection(
     manager.owner = guid.to_string();
     let (sessions, owner) = (manager.exec.clone(), manager.owner.clone());
     // Whatever ends this connection ends its exec sessions.
+    sessions.connected(&owner);
     let _close = CloseSessions(sessions, owner);
     let build = zbus::connection::Builder::unix_stream(stream)
         .server(guid)?

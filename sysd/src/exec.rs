@@ -52,6 +52,8 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// Connections that are still open: a session is only opened for one of them.
+    live: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,6 +80,11 @@ pub fn check_id(id: &str) -> Result<(), ManagerError> {
 }
 
 impl Sessions {
+    /// The connection `owner` is open (until [`Sessions::close_owner`]).
+    pub fn connected(&self, owner: &str) {
+        lock(&self.live).insert(owner.to_string());
+    }
+
     /// Whether `owner` has a session `id` open.
     pub fn contains(&self, owner: &str, id: &str) -> bool {
         lock(&self.map).contains_key(&(owner.to_string(), id.to_string()))
@@ -94,13 +101,17 @@ impl Sessions {
     ) -> Result<(), ManagerError> {
         let key = (owner.to_string(), id.to_string());
         let mut map = lock(&self.map);
-        if map.contains_key(&key) {
+        let refuse = |why: String| {
             kill(started.pid, nix::sys::signal::Signal::SIGKILL);
-            let pid = started.pid;
-            tokio::spawn(crate::containers::wait_exit(pid));
-            return Err(ManagerError::Invalid(format!(
-                "exec session {id} is already open"
-            )));
+            tokio::spawn(crate::containers::wait_exit(started.pid));
+            Err(ManagerError::Invalid(why))
+        };
+        if map.contains_key(&key) {
+            return refuse(format!("exec session {id} is already open"));
+        }
+        // The client went away while its command was starting: nobody would end it.
+        if !lock(&self.live).contains(owner) {
+            return refuse(format!("exec session {id}: the client has disconnected"));
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(QUEUE);
         for (stream, file) in started.outputs {
@@ -209,6 +220,7 @@ impl Sessions {
 
     /// The connection `owner` went away: kill its sessions' commands and forget them.
     pub fn close_owner(&self, owner: &str) {
+        lock(&self.live).remove(owner);
         let gone: Vec<Arc<Session>> = {
             let mut map = lock(&self.map);
             let keys: Vec<_> = map.keys().filter(|k| k.0 == owner).cloned().collect();
@@ -299,6 +311,7 @@ mod tests {
     #[tokio::test]
     async fn streams_input_output_and_status() {
         let sessions = Sessions::default();
+        sessions.connected("conn1");
         let (emit, seen) = collect();
         let started = start("read a; echo out-$a; echo err-$a >&2; cat; exit 5");
         sessions.open("conn1", "s1", started, emit).unwrap();
@@ -334,6 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_kills_its_command() {
         let sessions = Sessions::default();
+        sessions.connected("conn1");
         let (emit, _seen) = collect();
         let started = start("exec sleep 60");
         let pid = started.pid;
@@ -347,7 +361,16 @@ mod tests {
         ));
         sessions.close_owner("conn1");
         assert!(!sessions.contains("conn1", "s1"));
-        for p in [pid, dup_pid] {
+        // A command that finished starting after its client left is not kept either.
+        let late = start("exec sleep 60");
+        let late_pid = late.pid;
+        let (emit, _seen) = collect();
+        assert!(matches!(
+            sessions.open("conn1", "s2", late, emit),
+            Err(ManagerError::Invalid(m)) if m.contains("disconnected")
+        ));
+        assert!(!sessions.contains("conn1", "s2"));
+        for p in [pid, dup_pid, late_pid] {
             let mut gone = false;
             for _ in 0..100 {
                 // Reaped by the session's waiter, or a zombie waiting for it.
@@ -365,6 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_cannot_be_reached_ends_the_command() {
         let sessions = Sessions::default();
+        sessions.connected("c");
         let emit: Emit = Arc::new(|_, _| Box::pin(async { Err("connection closed".to_string()) }));
         let started = start("while :; do echo tick; sleep 0.05; done");
         sessions.open("c", "s", started, emit).unwrap();
