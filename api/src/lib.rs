@@ -14,8 +14,8 @@ pub mod mountinfo;
 pub use boot::{BootInfo, Phase};
 #[cfg(feature = "dbus")]
 pub use manager::{
-    ContainerInfo, ContainerStats, ExecReply, ImageInfo, LogChunk, ManagerError, ManagerProxy,
-    MountStatus, RunRequest, Status,
+    ContainerInfo, ContainerStats, ExecOutput, ExecReply, ImageInfo, LogChunk, ManagerError,
+    ManagerProxy, MountStatus, RunRequest, Status,
 };
 
 /// Well-known bus name of the manager (used as the destination on a bus; ignored peer-to-peer).

@@ -136,29 +136,13 @@ pub async fn session(
         }
     }
     let mut seen = 0u64;
-    let show = |stream: u8, data: &[u8]| {
-        if stream == 2 {
-            let mut e = std::io::stderr();
-            let _ = e.write_all(data).and_then(|_| e.flush());
-        } else {
-            let mut o = std::io::stdout();
-            let _ = o.write_all(data).and_then(|_| o.flush());
-        }
-    };
     let wait = m.exec_wait(&id);
     tokio::pin!(wait);
     let result = loop {
         tokio::select! {
             r = &mut wait => break r,
             sig = output.next() => match sig {
-                Some(sig) => {
-                    if let Ok(a) = sig.args() {
-                        if a.session == id {
-                            seen += 1;
-                            show(a.stream, &a.data);
-                        }
-                    }
-                }
+                Some(sig) => seen += u64::from(show(&id, &sig)),
                 None => break Err(ManagerError::Failed("the connection closed".into())),
             },
         }
@@ -167,14 +151,7 @@ pub async fn session(
     if let Ok((_, chunks)) = &result {
         while seen < *chunks {
             match tokio::time::timeout(Duration::from_secs(5), output.next()).await {
-                Ok(Some(sig)) => {
-                    if let Ok(a) = sig.args() {
-                        if a.session == id {
-                            seen += 1;
-                            show(a.stream, &a.data);
-                        }
-                    }
-                }
+                Ok(Some(sig)) => seen += u64::from(show(&id, &sig)),
                 _ => break,
             }
         }
@@ -184,4 +161,21 @@ pub async fn session(
     }
     drop(raw);
     result.map(|(code, _)| code)
+}
+
+/// Write an output chunk of session `id` where it belongs (stream 2 to stderr, else
+/// stdout); false when the signal is not one of this session's.
+fn show(id: &str, sig: &berth_api::ExecOutput) -> bool {
+    let Ok(a) = sig.args() else { return false };
+    if a.session != id {
+        return false;
+    }
+    let _ = if a.stream == 2 {
+        let mut e = std::io::stderr();
+        e.write_all(&a.data).and_then(|_| e.flush())
+    } else {
+        let mut o = std::io::stdout();
+        o.write_all(&a.data).and_then(|_| o.flush())
+    };
+    true
 }

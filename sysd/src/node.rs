@@ -75,10 +75,8 @@ pub async fn run_network(config: Config, ready: tokio::sync::oneshot::Sender<()>
     let write_resolv = |applied: &berth_net::Applied| {
         let (servers, search) = applied.dns();
         let text = config.resolv_conf(&servers, &search);
-        if std::fs::read_to_string("/etc/resolv.conf").ok().as_deref() != Some(text.as_str()) {
-            if let Err(e) = rewrite_in_place(Path::new("/etc/resolv.conf"), text.as_bytes()) {
-                tracing::warn!("cannot write /etc/resolv.conf: {e}");
-            }
+        if let Err(e) = write_if_changed(Path::new("/etc/resolv.conf"), &text) {
+            tracing::warn!("cannot write /etc/resolv.conf: {e}");
         }
     };
     write_resolv(&applied);
@@ -104,12 +102,16 @@ pub const NTPD_CONF: &str = "/run/berth/ntpd.conf";
 
 /// Write [`NTPD_CONF`] for `config`; `Ok(true)` when its content changed.
 pub fn write_ntpd_conf(path: &Path, config: &Config) -> std::io::Result<bool> {
-    let text = config.ntpd_conf();
-    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
-        return Ok(false);
-    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+    }
+    write_if_changed(path, &config.ntpd_conf())
+}
+
+/// [`rewrite_in_place`] unless the file already says `text`; `Ok(true)` when written.
+fn write_if_changed(path: &Path, text: &str) -> std::io::Result<bool> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
     }
     rewrite_in_place(path, text.as_bytes())?;
     Ok(true)

@@ -46,8 +46,6 @@ pub fn mount_esp() -> Result<EspGuard, String> {
     if *users == 0 {
         let dev = esp_device()?;
         std::fs::create_dir_all(ESP_MOUNT).map_err(|e| format!("creating {ESP_MOUNT}: {e}"))?;
-        // Nothing should be mounted there now; a leftover would make the mount EBUSY.
-        reset_esp();
         mount(
             Some(&dev),
             ESP_MOUNT,

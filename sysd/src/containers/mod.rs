@@ -758,13 +758,9 @@ impl Manager {
         stdin: Vec<u8>,
         timeout: Duration,
     ) -> Result<ExecReply, ManagerError> {
-        self.check_running(name)?;
-        if argv.is_empty() {
-            return Err(ManagerError::Invalid("no command given".into()));
-        }
-        let rt = self.sh.rt.clone();
+        let started = self.exec_start(name, argv, None).await?;
         let name = name.to_string();
-        tokio::task::spawn_blocking(move || exec_capture(&rt, &name, argv, stdin, timeout))
+        tokio::task::spawn_blocking(move || exec_capture(&name, started, stdin, timeout))
             .await
             .map_err(|e| ManagerError::Failed(format!("exec task: {e}")))?
     }
@@ -1408,7 +1404,8 @@ async fn health_loop(sh: Arc<Shared>, name: String, h: berth_config::Health) {
                 let rt = sh.rt.clone();
                 let (n, argv, t) = (name.clone(), argv.to_vec(), h.timeout.get());
                 match tokio::task::spawn_blocking(move || {
-                    exec_capture(&rt, &n, argv, Vec::new(), t)
+                    exec_session(&rt, &n, argv, None, Path::new(""))
+                        .and_then(|started| exec_capture(&n, started, Vec::new(), t))
                 })
                 .await
                 {
@@ -1693,7 +1690,7 @@ fn exec_session(
     process.terminal = tty.is_some();
     process.console_size = tty.filter(|&(r, c)| r > 0 && c > 0);
     let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
-    let Some(_) = tty else {
+    if tty.is_none() {
         let (in_r, in_w) = pipe().map_err(|e| failed("pipe", &e))?;
         let (out_r, out_w) = pipe().map_err(|e| failed("pipe", &e))?;
         let (err_r, err_w) = pipe().map_err(|e| failed("pipe", &e))?;
@@ -1721,7 +1718,7 @@ fn exec_session(
             ],
             tty: None,
         });
-    };
+    }
     fs::create_dir_all(console_dir).map_err(|e| failed("console socket directory", &e))?;
     let sock = console_dir.join(format!("console-{}.sock", next_console()));
     let _ = fs::remove_file(&sock);
@@ -1807,11 +1804,10 @@ fn recv_fd(conn: &std::os::unix::net::UnixStream) -> std::io::Result<OwnedFd> {
     Err(std::io::Error::other("no descriptor came with the message"))
 }
 
-/// Runs `argv` in container `name` with pipes for its streams; blocking.
+/// Feeds `stdin` to a command started with pipes and collects its output; blocking.
 fn exec_capture(
-    rt: &Runtime,
     name: &str,
-    argv: Vec<String>,
+    started: crate::exec::Started,
     stdin: Vec<u8>,
     timeout: Duration,
 ) -> Result<ExecReply, ManagerError> {
@@ -1819,7 +1815,6 @@ fn exec_capture(
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         ManagerError::Failed(format!("exec in {name}: {what}: {e}"))
     };
-    let started = exec_session(rt, name, argv, None, Path::new(""))?;
     let pid = started.pid;
     let mut input = started.input;
     let writer = std::thread::spawn(move || {
