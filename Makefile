@@ -44,18 +44,12 @@ IMAGE_TOOL := target/debug/berth-image
 CARGO     ?= cargo
 FUZZ_SECONDS ?= 20
 
-APT_PACKAGES := qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64 \
-	systemd-boot-efi erofs-utils dosfstools mtools fdisk gdisk e2fsprogs cryptsetup-bin \
-	busybox-static socat kmod cpio docker-registry skopeo umoci apache2-utils dnsmasq-base \
-	iproute2 runc crun bsdutils procps
+# The Debian packages the build, the VMs and the tests need, and the commands and files that
+# prove each is there, are listed in scripts/deps.sh: it installs what is missing, then checks
+# again by the commands themselves (one install can remove another package).
 
-# The arm64 build: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
-APT_PACKAGES_ARM64 := rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu \
-	libc6-dev-arm64-cross qemu-system-arm qemu-efi-aarch64
 
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-.PHONY: all deps deps-arm64 kernel bins image-tool image run test lint unit system-test fuzz bench clean help
+.PHONY: all deps deps-arm64 deps-test kernel bins image-tool image run test lint unit system-test fuzz bench clean help
 
 all: image
 
@@ -68,20 +62,16 @@ help:
 	@echo "make bench       run the benchmarks under bench/"
 
 deps:
-	@if [ "$(ARCH)" = arm64 ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then \
-	  echo "make deps: enabling the arm64 package architecture"; \
-	  $(SUDO) dpkg --add-architecture arm64 && $(SUDO) apt-get update -qq; \
-	fi
-	@missing=""; for p in $(APT_PACKAGES) $(if $(filter arm64,$(ARCH)),$(APT_PACKAGES_ARM64)); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "make deps: installing$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	scripts/deps.sh $(ARCH)
 
 deps-arm64:
 	$(MAKE) deps ARCH=arm64
+
+# Issue 15's proof: qemu-utils removed, `make deps` must bring qemu-img back (root only:
+# it changes the machine's packages; CI runs as root).
+deps-test:
+	@if [ "$$(id -u)" = 0 ]; then tests/deps-reinstall.sh; \
+	else echo "make deps-test: SKIPPED (needs root: it removes and reinstalls qemu-utils)"; fi
 
 # The kernel, systemd-boot and the packages the system container images are built from
 # (one run makes them all: a grouped target, so make -j does not run the script twice).
@@ -161,7 +151,7 @@ fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS)
 
 # system-test builds the arm64 image too: install its cross toolchain up front.
-test: deps deps-arm64 lint unit system-test
+test: deps deps-arm64 deps-test lint unit system-test
 	@if [ -x fuzz/run.sh ]; then FUZZ_BUILD=--dev fuzz/run.sh 5; fi
 	@echo "make test: all tiers passed"
 

@@ -76,8 +76,26 @@ case "$arch" in
     code=/usr/share/AAVMF/AAVMF_CODE.fd vars=/usr/share/AAVMF/AAVMF_VARS.fd ;;
   *) echo "run.sh: unknown arch $arch (x86_64 or arm64)" >&2; exit 2 ;;
 esac
-command -v "$qemu" >/dev/null || { echo "run.sh: $qemu missing (run 'make deps')" >&2; exit 1; }
-[ -f "$code" ] || { echo "run.sh: firmware $code missing (run 'make deps')" >&2; exit 1; }
+# Every tool this script uses, checked before anything starts, with the Debian package that
+# brings it (`make deps` installs them all).
+if [ "$arch" = x86_64 ]; then qemu_pkg=qemu-system-x86 fw_pkg=ovmf; else qemu_pkg=qemu-system-arm fw_pkg=qemu-efi-aarch64; fi
+need=("$qemu:$qemu_pkg" "qemu-img:qemu-utils" "$code:$fw_pkg" "$vars:$fw_pkg")
+[ -n "$regport" ] && need+=("socat:socat")
+[ -n "$cidata" ] && need+=("mkfs.vfat:dosfstools" "mcopy:mtools")
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+for n in "${need[@]}"; do
+  what=${n%%:*} pkg=${n##*:}
+  case "$what" in
+    /*) [ -e "$what" ] ;;
+    *) command -v "$what" >/dev/null ;;
+  esac || missing+=("$what (Debian package $pkg)")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run.sh: missing: ${missing[*]}" >&2
+  echo "run.sh: install with 'make deps$( [ "$arch" = arm64 ] && echo ' ARCH=arm64')' (or apt-get install the packages named)" >&2
+  exit 1
+fi
 
 # A fresh overlay unless one for this image is already there (keeps /var across runs).
 if [ ! -f "$state/disk.qcow2" ] || [ "$(cat "$state/disk.base" 2>/dev/null)" != "$image" ]; then
