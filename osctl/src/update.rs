@@ -46,6 +46,13 @@ pub fn format_status(v: &Value) -> String {
     };
     line("other slot", format!("{}: {other}", s(&st["other_slot"])));
     line("next boot", entry(&st["next_boot"]));
+    let floor = match st["version_floor"]["version"].as_str() {
+        Some(v) => {
+            format!("{v} (the highest version installed; lower ones need --allow-downgrade)")
+        }
+        None => "none recorded (no update installed yet)".to_string(),
+    };
+    line("version floor", floor);
     line(
         "source",
         format!(
@@ -133,6 +140,11 @@ pub fn format_check(v: &Value) -> String {
         "update available: `osctl update apply` installs it".to_string()
     } else if v["already_installed"].as_bool() == Some(true) {
         "already installed on the other slot: it boots next".to_string()
+    } else if v["below_floor"].as_bool() == Some(true) {
+        format!(
+            "below this node's version floor {} (the highest version it installed): `osctl update apply --allow-downgrade` installs it anyway",
+            s(&v["version_floor"])
+        )
     } else if v["failed_before"].as_bool() == Some(true) {
         "it failed to boot healthy before: `osctl update apply --force` tries again".to_string()
     } else {
@@ -209,7 +221,8 @@ mod tests {
                                "timings": {"total_secs": 3.5, "download_secs": 1.0,
                                            "write_secs": 2.0, "verify_secs": 0.5}},
                 "last_rollback": null,
-                "failed_versions": [{"version": "0.3.0", "slot": "a", "reason": "ran out of tries"}]
+                "failed_versions": [{"version": "0.3.0", "slot": "a", "reason": "ran out of tries"}],
+                "version_floor": {"version": "0.3.0", "root_hash": "ab", "at": 1}
             },
             "boot": {"check": {"kind": "awaiting-bless", "tries_left": 2},
                      "note": "waiting to bless: ntpd starting (40 s left)"},
@@ -227,6 +240,27 @@ mod tests {
             t.contains("failed         0.3.0 (slot a): ran out of tries"),
             "{t}"
         );
+        assert!(t.contains("version floor  0.3.0 (the highest"), "{t}");
+        let mut none = v.clone();
+        none["status"]["version_floor"] = serde_json::Value::Null;
+        assert!(
+            format_status(&none).contains("version floor  none recorded"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn check_text_names_the_floor() {
+        let v = serde_json::json!({
+            "reference": "r/berth/os:stable", "version": "0.1.5", "arch": "x86_64",
+            "running_version": "0.1.0", "newer": true, "failed_before": false,
+            "below_floor": true, "version_floor": "0.2.0", "already_installed": false,
+            "update_available": false, "signed_by": "k",
+            "root_bytes": 0, "kernel_bytes": 0, "initrd_bytes": 0
+        });
+        let t = format_check(&v);
+        assert!(t.contains("below this node's version floor 0.2.0"), "{t}");
+        assert!(t.contains("--allow-downgrade"), "{t}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::node::{Running, SlotDevices};
 use crate::signature::{self, PublicKey, SignatureError};
 use crate::state::{
     ApplyRecord, CheckRecord, FailedVersion, Job, RollbackRecord, State, StateError, Step, Target,
-    Timings,
+    Timings, VersionFloor,
 };
 use crate::verity::{self, VerityError};
 use crate::version;
@@ -64,6 +64,16 @@ pub enum UpdateError {
         offered: String,
         /// Version running.
         running: String,
+    },
+    /// The offered version is below the highest version this node ever installed.
+    #[error("{reference} offers {offered}, which is below this node's version floor {floor} (the highest version it ever installed; a rollback does not lower it); use allow-downgrade (`osctl update apply --allow-downgrade`) to install it anyway")]
+    BelowFloor {
+        /// Reference.
+        reference: String,
+        /// Version offered.
+        offered: String,
+        /// The floor.
+        floor: String,
     },
     /// The offered version failed before.
     #[error(
@@ -245,6 +255,12 @@ pub struct CheckResult {
     pub newer: bool,
     /// Offered version is recorded as failed.
     pub failed_before: bool,
+    /// Offered version is below the node's version floor (the highest it ever installed).
+    #[serde(default)]
+    pub below_floor: bool,
+    /// The version floor, if one is recorded.
+    #[serde(default)]
+    pub version_floor: Option<String>,
     /// It is already installed on the other slot, waiting for a reboot.
     pub already_installed: bool,
     /// Whether `apply` (without options) would install it.
@@ -374,6 +390,11 @@ pub struct Status {
     pub last_rollback: Option<RollbackRecord>,
     /// Versions that failed to boot healthy.
     pub failed_versions: Vec<FailedVersion>,
+    /// The highest version this node ever installed: updates below it are refused
+    /// unless a downgrade is allowed. `None`: no install recorded (or the file is
+    /// unreadable, which the log says and an apply refuses).
+    #[serde(default)]
+    pub version_floor: Option<VersionFloor>,
 }
 
 /// What [`Updater::boot_check`] found.
@@ -537,6 +558,10 @@ impl Updater {
         let st = State::load(&self.settings.state_dir);
         let running = &self.settings.running;
         let newer = version::is_newer(&os.config.version, &running.version);
+        let floor = VersionFloor::load(&self.settings.state_dir)?;
+        let below_floor = floor
+            .as_ref()
+            .is_some_and(|f| f.refuses(&os.config.version));
         let failed_before = st.is_failed(&os.config.version, &os.config.verity_root_hash);
         let already_installed = self.installed_on_other(&os)?;
         Ok(CheckResult {
@@ -546,8 +571,10 @@ impl Updater {
             running_version: running.version.clone(),
             newer,
             failed_before,
+            below_floor,
+            version_floor: floor.map(|f| f.version),
             already_installed,
-            update_available: newer && !failed_before && !already_installed,
+            update_available: newer && !below_floor && !failed_before && !already_installed,
             top_digest: os.top_digest.clone(),
             manifest_digest: os.manifest_digest.clone(),
             signed_by,
@@ -663,13 +690,14 @@ impl Updater {
                 reason,
             });
         }
-        if !opts.allow_downgrade && !version::is_newer(&cfg.version, &running.version) {
-            return Err(UpdateError::NotNewer {
-                reference: r.to_string(),
-                offered: cfg.version.clone(),
-                running: running.version.clone(),
-            });
-        }
+        let floor = VersionFloor::load(&s.state_dir)?;
+        version_gate(
+            r,
+            &cfg.version,
+            &running.version,
+            floor.as_ref(),
+            opts.allow_downgrade,
+        )?;
         let target = Target {
             reference: r.to_string(),
             top_digest: os.top_digest.clone(),
@@ -680,10 +708,18 @@ impl Updater {
             initrd: os.initrd.clone(),
             signed_by,
         };
-        // Resume the job for the same image and slot; anything else starts afresh.
-        let mut job = match st.job {
-            Some(j) if j.slot == slot && j.target.manifest_digest == target.manifest_digest => j,
-            _ => {
+        // Resume the job for the very same target and slot; anything else starts afresh.
+        let mut job = match resume(st.job, slot, &target) {
+            Ok(j) => {
+                tracing::info!(version = %cfg.version, %slot, step = %j.step, written = j.written, "resuming the interrupted apply");
+                j
+            }
+            Err(discarded) => {
+                if let Some(why) = discarded {
+                    tracing::warn!("{why}; starting over");
+                    // Kernel/initrd staged for the other target: not ours.
+                    let _ = fs::remove_dir_all(s.state_dir.join("staging"));
+                }
                 if !opts.force && self.installed_on_other(&os)? {
                     let entry = bls::list(&s.esp)?
                         .into_iter()
@@ -818,6 +854,22 @@ impl Updater {
                 detail: format!("writing slot {slot}'s boot entry"),
             },
         );
+        // The install is committed here: the slot is written and verified and its boot
+        // files are in place, and the entry comes next. The floor is raised now, before
+        // the entry, so no entry ever exists for a version above the floor (a power cut
+        // in between leaves a floor equal to the job's version, which the resumed apply
+        // of the same target passes). Raised at install, not at blessing: between the
+        // install and a healthy reboot (days, with policy manual) a replayed older signed
+        // image, newer than the running one, could otherwise replace the pending install.
+        // The cost: a version that fails to boot healthy keeps the floor, so the fix must
+        // be a higher version (or installed with allow-downgrade). Rollback is not an
+        // install and never looks at the floor.
+        let floor = VersionFloor::raise(
+            &s.state_dir,
+            &job.target.config.version,
+            &job.target.config.verity_root_hash,
+        )?;
+        tracing::info!(floor = %floor.version, "version floor");
         let entry = self.write_entry(&job)?;
         job.step = Step::EntryWritten;
         self.save_job(&job)?;
@@ -1305,8 +1357,70 @@ impl Updater {
             last_apply: st.last_apply.clone(),
             last_rollback: st.last_rollback.clone(),
             failed_versions: st.failed.clone(),
+            version_floor: VersionFloor::load(&s.state_dir).unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            }),
         })
     }
+}
+
+/// Whether `offered` may be installed on a node running `running` with `floor`: below the
+/// floor is refused first (it names the floor and the override), then not newer than the
+/// running version. `allow_downgrade` lifts both.
+fn version_gate(
+    r: &Reference,
+    offered: &str,
+    running: &str,
+    floor: Option<&VersionFloor>,
+    allow_downgrade: bool,
+) -> Result<(), UpdateError> {
+    if allow_downgrade {
+        return Ok(());
+    }
+    if let Some(f) = floor.filter(|f| f.refuses(offered)) {
+        return Err(UpdateError::BelowFloor {
+            reference: r.to_string(),
+            offered: offered.to_string(),
+            floor: f.version.clone(),
+        });
+    }
+    if !version::is_newer(offered, running) {
+        return Err(UpdateError::NotNewer {
+            reference: r.to_string(),
+            offered: offered.to_string(),
+            running: running.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The stored job, if it is an interrupted apply of exactly `target` on `slot`; else
+/// `Err` with why it is discarded (`None`: there was none). A resumed apply trusts the
+/// bytes already on the slot and the files already staged, so every field of the stored
+/// target must equal the one just verified: same digests, version, arch, root hash, salt,
+/// sizes, kernel and initrd, signer and reference.
+fn resume(stored: Option<Job>, slot: Slot, target: &Target) -> Result<Job, Option<String>> {
+    let Some(j) = stored else {
+        return Err(None);
+    };
+    let was = format!(
+        "discarding the interrupted apply of {} on slot {} (step {}, {} bytes written)",
+        j.target.config.version, j.slot, j.step, j.written
+    );
+    if j.slot != slot {
+        return Err(Some(format!("{was}: it was for the other slot")));
+    }
+    let diff = j.target.differences(target);
+    if !diff.is_empty() {
+        return Err(Some(format!(
+            "{was}: the verified target {} ({}) differs in {}",
+            target.config.version,
+            target.manifest_digest,
+            diff.join(", ")
+        )));
+    }
+    Ok(j)
 }
 
 /// The blocking half of the slot write: chunks from the stream to the device, a durable
@@ -1451,5 +1565,204 @@ mod tests {
         fn send<T: Send>(_: T) {}
         send(u.apply(None, o));
         send(u.check(None));
+    }
+
+    fn target(version: &str) -> Target {
+        let d = |b: &[u8]| Descriptor::new("application/octet-stream", Digest::of(b), 10);
+        Target {
+            reference: "127.0.0.1:5000/berth/os:stable".into(),
+            top_digest: Digest::of(b"index"),
+            manifest_digest: Digest::of(b"manifest"),
+            config: crate::artifact::OsConfig {
+                version: version.into(),
+                arch: "x86_64".into(),
+                build_id: "b".into(),
+                kernel_release: "6.1".into(),
+                verity_root_hash: "11".repeat(32),
+                verity_salt: "22".repeat(32),
+                verity_data_blocks: 100,
+                cmdline: "quiet".into(),
+                root_size: 10,
+                kernel_size: 10,
+                initrd_size: 10,
+            },
+            root: d(b"root"),
+            kernel: d(b"kernel"),
+            initrd: d(b"initrd"),
+            signed_by: "0123456789abcdef".into(),
+        }
+    }
+
+    /// An interrupted apply resumes only for the very same target on the same slot; any
+    /// other field starts over, and the reason names the field.
+    #[test]
+    fn resume_only_the_same_target() {
+        let t = target("0.2.0");
+        let job = Job {
+            target: t.clone(),
+            slot: Slot::B,
+            step: Step::Writing,
+            written: 4 << 20,
+            started: 1,
+        };
+        assert_eq!(resume(None, Slot::B, &t), Err(None));
+        assert_eq!(resume(Some(job.clone()), Slot::B, &t), Ok(job.clone()));
+        let why = resume(Some(job.clone()), Slot::A, &t).unwrap_err().unwrap();
+        assert!(why.contains("other slot"), "{why}");
+        // Same manifest digest (what the old rule compared) but any other field changed.
+        type Change = fn(&mut Target);
+        let changes: [(&str, Change); 10] = [
+            ("version", |t| t.config.version = "0.2.1".into()),
+            ("arch", |t| t.config.arch = "arm64".into()),
+            ("verity_root_hash", |t| {
+                t.config.verity_root_hash = "33".repeat(32)
+            }),
+            ("verity_salt", |t| t.config.verity_salt = "44".repeat(32)),
+            ("root_size", |t| t.config.root_size = 11),
+            ("root", |t| t.root.digest = Digest::of(b"other root")),
+            ("kernel", |t| t.kernel.digest = Digest::of(b"other kernel")),
+            ("initrd", |t| t.initrd.size = 11),
+            ("top_digest", |t| t.top_digest = Digest::of(b"other index")),
+            ("signed_by", |t| t.signed_by = "fedcba9876543210".into()),
+        ];
+        for (field, change) in changes {
+            let mut fresh = t.clone();
+            change(&mut fresh);
+            assert_eq!(fresh.manifest_digest, t.manifest_digest);
+            let why = resume(Some(job.clone()), Slot::B, &fresh)
+                .unwrap_err()
+                .unwrap_or_else(|| panic!("{field}: no reason"));
+            assert!(
+                why.contains(&format!("differs in {field}")),
+                "{field}: {why}"
+            );
+            assert!(why.contains("4194304 bytes written"), "{why}");
+        }
+    }
+
+    fn floor(v: &str) -> VersionFloor {
+        VersionFloor {
+            version: v.into(),
+            root_hash: String::new(),
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn version_gate_floor_then_running() {
+        let r = Reference::parse("127.0.0.1:5000/berth/os:stable").unwrap();
+        let f = floor("0.2.0");
+        // Running 0.1.0 after a rollback from 0.2.0.
+        assert!(version_gate(&r, "0.2.0", "0.1.0", Some(&f), false).is_ok());
+        assert!(version_gate(&r, "0.3.0", "0.1.0", Some(&f), false).is_ok());
+        let e = version_gate(&r, "0.1.5", "0.1.0", Some(&f), false).unwrap_err();
+        assert!(matches!(e, UpdateError::BelowFloor { .. }), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("0.1.5") && m.contains("version floor 0.2.0"),
+            "{m}"
+        );
+        assert!(m.contains("--allow-downgrade"), "{m}");
+        assert!(version_gate(&r, "0.1.5", "0.1.0", Some(&f), true).is_ok());
+        // Without a floor, or above it, the running version still rules.
+        assert!(matches!(
+            version_gate(&r, "0.1.0", "0.1.0", None, false),
+            Err(UpdateError::NotNewer { .. })
+        ));
+        assert!(matches!(
+            version_gate(&r, "0.2.0", "0.2.0", Some(&f), false),
+            Err(UpdateError::NotNewer { .. })
+        ));
+        assert!(version_gate(&r, "0.1.5", "0.1.0", None, false).is_ok());
+    }
+
+    /// v2 installed (floor raised) on slot B, booted, rolled back to v1 on slot A: the
+    /// rollback works and does not lower the floor; v2 offered again is allowed, v1.5 is
+    /// refused; status shows the floor.
+    #[test]
+    fn floor_survives_rollback() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("esp");
+        let state_dir = dir.path().join("state");
+        for s in ["a", "b"] {
+            fs::create_dir_all(esp.join("berth").join(s)).unwrap();
+            for f in ["vmlinuz", "initrd"] {
+                fs::write(esp.join("berth").join(s).join(f), f).unwrap();
+            }
+        }
+        fs::create_dir_all(bls::entries_dir(&esp)).unwrap();
+        let opts = |slot| bls::options("quiet", slot, &"11".repeat(32), "22", 1);
+        fs::write(
+            bls::entries_dir(&esp).join("berth-00000001-a.conf"),
+            bls::render(Slot::A, "0.1.0", &opts(Slot::A)),
+        )
+        .unwrap();
+        // What the apply of v2 leaves: the floor, then the entry (blessed after a boot).
+        assert_eq!(VersionFloor::load(&state_dir).unwrap(), None);
+        let f = VersionFloor::raise(&state_dir, "0.2.0", "ab").unwrap();
+        assert_eq!(f.version, "0.2.0");
+        fs::write(
+            bls::entries_dir(&esp).join("berth-00000002-b.conf"),
+            bls::render(Slot::B, "0.2.0", &opts(Slot::B)),
+        )
+        .unwrap();
+        let on = |slot, version: &str| {
+            Updater::new(
+                Settings {
+                    source: None,
+                    trusted_keys: Vec::new(),
+                    state_dir: state_dir.clone(),
+                    esp: esp.clone(),
+                    slots: SlotDevices {
+                        a: dir.path().join("a.img"),
+                        b: dir.path().join("b.img"),
+                    },
+                    running: Running {
+                        slot,
+                        version: version.into(),
+                        arch: "x86_64".into(),
+                        root_hash: String::new(),
+                        root_partition: None,
+                    },
+                },
+                Client::new(Default::default(), Default::default()),
+            )
+        };
+        let rb = on(Slot::B, "0.2.0").rollback(false).unwrap();
+        assert_eq!(rb.file, "berth-00000003-a.conf");
+        let on_a = on(Slot::A, "0.1.0");
+        let st = on_a.status().unwrap();
+        assert_eq!(st.version_floor.as_ref().unwrap().version, "0.2.0");
+        let floor = VersionFloor::load(&state_dir).unwrap();
+        let r = Reference::parse("127.0.0.1:5000/berth/os:stable").unwrap();
+        assert!(version_gate(&r, "0.2.0", "0.1.0", floor.as_ref(), false).is_ok());
+        assert!(matches!(
+            version_gate(&r, "0.1.5", "0.1.0", floor.as_ref(), false),
+            Err(UpdateError::BelowFloor { .. })
+        ));
+        // A deliberate downgrade to 0.1.5 does not lower it; 0.3.0 raises it.
+        assert_eq!(
+            VersionFloor::raise(&state_dir, "0.1.5", "cd")
+                .unwrap()
+                .version,
+            "0.2.0"
+        );
+        assert_eq!(
+            VersionFloor::raise(&state_dir, "0.3.0", "ef")
+                .unwrap()
+                .version,
+            "0.3.0"
+        );
+        assert_eq!(
+            VersionFloor::load(&state_dir).unwrap().unwrap().root_hash,
+            "ef"
+        );
+        // A corrupt floor file is an error, not "no floor".
+        fs::write(VersionFloor::path(&state_dir), b"{").unwrap();
+        assert!(matches!(
+            VersionFloor::load(&state_dir),
+            Err(StateError::FloorCorrupt { .. })
+        ));
+        assert!(on_a.status().unwrap().version_floor.is_none());
     }
 }

@@ -5,9 +5,13 @@
 //! image manifest tagged `sha256-<hex>.sig` in `R`. Each of its layers (media type
 //! [`SIMPLESIGNING_MEDIA_TYPE`]) is a JSON payload ([`payload`]) naming the signed digest;
 //! the layer's annotation [`SIGNATURE_ANNOTATION`] is the base64 of an ECDSA P-256 /
-//! SHA-256 signature (ASN.1 DER) over the exact payload bytes. Keys are PEM: PKCS#8
-//! private keys (`-----BEGIN PRIVATE KEY-----`, SEC1 `EC PRIVATE KEY` is read too) and
-//! PKIX public keys (`-----BEGIN PUBLIC KEY-----`, like `cosign.pub`).
+//! SHA-256 signature (ASN.1 DER) over the exact payload bytes. The payload names the
+//! repository too (`critical.identity.docker-reference`, [`identity`]); a signature is
+//! accepted only for the repository the update is fetched from, so a signed image
+//! re-hosted elsewhere with its signature is refused ([`SignatureError::WrongIdentity`]).
+//! Keys are PEM: PKCS#8 private keys (`-----BEGIN PRIVATE KEY-----`, SEC1 `EC PRIVATE
+//! KEY` is read too) and PKIX public keys (`-----BEGIN PUBLIC KEY-----`, like
+//! `cosign.pub`).
 //!
 //! What Berth signs: the digest of the tag's top manifest, i.e. the OS image index, so one
 //! signature covers every architecture (and, through the digests inside, every config and
@@ -78,6 +82,28 @@ pub enum SignatureError {
         /// Why the last one failed.
         detail: String,
     },
+    /// A trusted key signed this digest, but for another repository: the payload's
+    /// `critical.identity.docker-reference` is not the repository the update comes from
+    /// (an image re-hosted together with its signature, or a signature copied over).
+    #[error("{reference} ({digest}) is signed by trusted key {key} for the repository {signed_for}, not for {expected}; re-sign it for {expected} (`berth-image sign`, or `berth-image sign --identity` when the node reaches the registry under another name)")]
+    WrongIdentity {
+        /// Reference.
+        reference: String,
+        /// Digest.
+        digest: Digest,
+        /// Key id that made the signature.
+        key: String,
+        /// The repository the signature names.
+        signed_for: String,
+        /// The repository the update comes from.
+        expected: String,
+    },
+    /// The identity to sign for is not a repository reference.
+    #[error("{identity:?} is not a repository (registry host[:port]/path) to sign for")]
+    BadIdentity {
+        /// What was given.
+        identity: String,
+    },
     /// No trusted keys configured.
     #[error("no trusted update keys: add a PEM public key under /usr/lib/berth/keys/ or to update.trusted_keys")]
     NoKeys,
@@ -147,12 +173,39 @@ pub fn signature_tag(d: &Digest) -> String {
     format!("{}-{}.sig", d.algorithm(), d.hex())
 }
 
+/// The identity a signature for `r` names: cosign's `docker-reference`, the repository
+/// `registry host[:port]/path` without tag or digest.
+pub fn identity(r: &Reference) -> String {
+    format!("{}/{}", r.registry.to_ascii_lowercase(), r.repository)
+}
+
+/// `docker-reference` of a payload in the form [`identity`] gives, so that equal
+/// repositories compare equal: the host is case-insensitive, and a tag or digest (which
+/// cosign never writes there) is dropped. `None` when it is not a repository reference.
+/// There is no default registry to fill in: `update.source` always names its registry,
+/// so a payload naming `berth/os` (Docker Hub's short form) simply does not match.
+pub fn normalize_identity(docker_reference: &str) -> Option<String> {
+    let s = docker_reference.trim();
+    let first = s.split('/').next().unwrap_or("");
+    if !(first.contains('.') || first.contains(':') || first == "localhost") {
+        // No registry host: not a name the configured source can have.
+        return None;
+    }
+    Reference::parse(s).ok().map(|r| identity(&r))
+}
+
 /// The simple-signing payload for `digest` in `reference`'s repository (cosign's
 /// `docker-reference` is the repository without tag or digest).
 pub fn payload(reference: &Reference, digest: &Digest) -> Vec<u8> {
+    payload_for(&identity(reference), digest)
+}
+
+/// The simple-signing payload for `digest` naming the repository `identity` (cosign's
+/// `--sign-container-identity`: for a registry that nodes reach under another name).
+pub fn payload_for(identity: &str, digest: &Digest) -> Vec<u8> {
     let v = serde_json::json!({
         "critical": {
-            "identity": {"docker-reference": format!("{}/{}", reference.registry, reference.repository)},
+            "identity": {"docker-reference": identity},
             "image": {"docker-manifest-digest": digest.to_string()},
             "type": PAYLOAD_TYPE,
         },
@@ -174,14 +227,27 @@ pub enum Rejected {
     BadSignature,
     /// The payload verifies but names another digest (or is not a cosign payload).
     WrongPayload(String),
+    /// The payload verifies and names the digest, but for another repository.
+    WrongIdentity {
+        /// Id of the key that made it.
+        key: String,
+        /// The payload's `docker-reference`, as written.
+        signed_for: String,
+    },
 }
 
-/// Check one payload + base64 signature against `keys` for `digest`. Returns the id of the
-/// key that verified it.
+/// Check one payload + base64 signature against `keys` for `digest` in the repository
+/// `identity` (see [`identity`]). Returns the id of the key that verified it.
+///
+/// The payload must name both the digest and the repository: a digest alone would let
+/// anyone re-host a signed image (with its signature manifest) under another repository
+/// and have it accepted there, e.g. a build meant for another product line or channel
+/// signed with the same key.
 pub fn verify_payload(
     payload: &[u8],
     sig_b64: &str,
     digest: &Digest,
+    identity: &str,
     keys: &[PublicKey],
 ) -> Result<String, Rejected> {
     let raw = base64::engine::general_purpose::STANDARD
@@ -207,6 +273,16 @@ pub fn verify_payload(
         return Err(Rejected::WrongPayload(format!(
             "the signed payload is for {named}, not {digest}"
         )));
+    }
+    let signed_for = v["critical"]["identity"]["docker-reference"]
+        .as_str()
+        .unwrap_or("");
+    let expected = normalize_identity(identity);
+    if expected.is_none() || normalize_identity(signed_for) != expected {
+        return Err(Rejected::WrongIdentity {
+            key: key.id.clone(),
+            signed_for: signed_for.to_string(),
+        });
     }
     Ok(key.id.clone())
 }
@@ -255,8 +331,8 @@ pub async fn fetch(
     Ok(Some((m, out)))
 }
 
-/// Verify that `digest` in `r`'s repository carries a signature by one of `keys`.
-/// Returns the id of the key that verified.
+/// Verify that `digest` in `r`'s repository carries a signature by one of `keys` that
+/// names that repository ([`identity`]). Returns the id of the key that verified.
 pub async fn verify(
     client: &Client,
     r: &Reference,
@@ -273,16 +349,32 @@ pub async fn verify(
             tag: signature_tag(digest),
         });
     };
+    let expected = identity(r);
     let mut detail = String::new();
+    let mut wrong_identity = None;
     for s in &sigs {
         let Some(sig) = s.layer.annotations.get(SIGNATURE_ANNOTATION) else {
             continue;
         };
-        match verify_payload(&s.payload, sig, digest, keys) {
+        match verify_payload(&s.payload, sig, digest, &expected, keys) {
             Ok(id) => return Ok(id),
             Err(Rejected::WrongPayload(w)) => detail = format!(": {w}"),
+            Err(Rejected::WrongIdentity { key, signed_for }) => {
+                wrong_identity = Some((key, signed_for))
+            }
             Err(Rejected::BadSignature) => {}
         }
+    }
+    // A trusted key's signature on this very digest for another repository says more
+    // than "untrusted": name both repositories.
+    if let Some((key, signed_for)) = wrong_identity {
+        return Err(SignatureError::WrongIdentity {
+            reference: r.to_string(),
+            digest: digest.clone(),
+            key,
+            signed_for,
+            expected,
+        });
     }
     Err(SignatureError::Untrusted {
         reference: r.to_string(),
@@ -316,11 +408,29 @@ pub async fn sign(
     digest: &Digest,
     sk: &SigningKey,
 ) -> Result<Reference, SignatureError> {
+    sign_as(client, r, digest, sk, &identity(r)).await
+}
+
+/// [`sign`], with the payload naming the repository `identity` instead of `r`'s: for a
+/// registry that the nodes reach under another name than the signer does (cosign's
+/// `--sign-container-identity`). Nodes accept it only when `identity` is the repository
+/// of their `update.source`.
+pub async fn sign_as(
+    client: &Client,
+    r: &Reference,
+    digest: &Digest,
+    sk: &SigningKey,
+    identity: &str,
+) -> Result<Reference, SignatureError> {
     let reg = |source| SignatureError::Registry {
         reference: r.to_string(),
         source,
     };
-    let payload = payload(r, digest);
+    let identity = normalize_identity(identity).ok_or_else(|| SignatureError::BadIdentity {
+        identity: identity.to_string(),
+    })?;
+    let identity = identity.as_str();
+    let payload = payload_for(identity, digest);
     let sig = sign_payload(sk, &payload);
     let payload_digest = Digest::of(&payload);
     let mut layers: Vec<Descriptor> = match fetch(client, r, digest).await? {
@@ -340,7 +450,7 @@ pub async fn sign(
     layers.retain(|l| {
         let mine = l.digest == payload_digest
             && l.annotations.get(SIGNATURE_ANNOTATION).is_some_and(|s| {
-                verify_payload(&payload, s, digest, std::slice::from_ref(&me)).is_ok()
+                verify_payload(&payload, s, digest, identity, std::slice::from_ref(&me)).is_ok()
             });
         !mine
     });
@@ -409,6 +519,8 @@ pub async fn push_bytes(
 mod tests {
     use super::*;
 
+    const OS: &str = "127.0.0.1:5000/berth/os";
+
     #[test]
     fn sign_and_verify_round_trip() {
         let (private, public) = generate().unwrap();
@@ -426,28 +538,131 @@ mod tests {
         assert!(text.contains(r#""type":"cosign container image signature""#));
         let sig = sign_payload(&sk, &p);
         assert_eq!(
-            verify_payload(&p, &sig, &d, std::slice::from_ref(&pk)),
+            verify_payload(&p, &sig, &d, OS, std::slice::from_ref(&pk)),
             Ok(pk.id.clone())
         );
         // Another digest, another key, a changed payload: refused.
         assert!(matches!(
-            verify_payload(&p, &sig, &Digest::of(b"other"), std::slice::from_ref(&pk)),
+            verify_payload(
+                &p,
+                &sig,
+                &Digest::of(b"other"),
+                OS,
+                std::slice::from_ref(&pk)
+            ),
             Err(Rejected::WrongPayload(_))
         ));
         let (_, other_pub) = generate().unwrap();
         let other = PublicKey::from_pem(&other_pub, "other").unwrap();
         assert_eq!(
-            verify_payload(&p, &sig, &d, &[other]),
+            verify_payload(&p, &sig, &d, OS, &[other]),
             Err(Rejected::BadSignature)
         );
         let mut p2 = p.clone();
         p2[5] ^= 1;
         assert_eq!(
-            verify_payload(&p2, &sig, &d, std::slice::from_ref(&pk)),
+            verify_payload(&p2, &sig, &d, OS, std::slice::from_ref(&pk)),
             Err(Rejected::BadSignature)
         );
         assert_eq!(signature_tag(&d), format!("sha256-{}.sig", d.hex()));
         assert!(PublicKey::from_pem("junk", "x").is_err());
         assert!(private_key_from_pem(&public, "x").is_err());
+    }
+
+    /// A signature by a trusted key on the right digest, but naming another repository
+    /// (the image and its signature re-hosted), is refused and says both names.
+    #[test]
+    fn signature_for_another_repository_is_refused() {
+        let (private, public) = generate().unwrap();
+        let sk = private_key_from_pem(&private, "test").unwrap();
+        let pk = PublicKey::from_pem(&public, "test").unwrap();
+        let keys = std::slice::from_ref(&pk);
+        let d = Digest::of(b"index");
+        let signed_at = Reference::parse("127.0.0.1:5000/berth/os:stable").unwrap();
+        let p = payload(&signed_at, &d);
+        let sig = sign_payload(&sk, &p);
+        // The repository it was signed for: accepted, whatever the tag, and with the host
+        // written in another case (hosts are case-insensitive).
+        assert_eq!(verify_payload(&p, &sig, &d, OS, keys), Ok(pk.id.clone()));
+        let source = Reference::parse("127.0.0.1:5000/berth/os:beta").unwrap();
+        assert_eq!(
+            verify_payload(&p, &sig, &d, &identity(&source), keys),
+            Ok(pk.id.clone())
+        );
+        let upper = payload_for("Registry.Example.com/berth/os", &d);
+        let usig = sign_payload(&sk, &upper);
+        assert_eq!(
+            verify_payload(&upper, &usig, &d, "registry.example.com/berth/os", keys),
+            Ok(pk.id.clone())
+        );
+        // Same key, same digest, another repository, another registry, another port.
+        for elsewhere in [
+            "127.0.0.1:5000/berth/mirror",
+            "127.0.0.1:5000/berth/os/sub",
+            "127.0.0.1:5000/berth",
+            "10.0.2.100:5000/berth/os",
+            "127.0.0.1:5001/berth/os",
+        ] {
+            assert_eq!(
+                verify_payload(&p, &sig, &d, elsewhere, keys),
+                Err(Rejected::WrongIdentity {
+                    key: pk.id.clone(),
+                    signed_for: OS.into()
+                }),
+                "{elsewhere}"
+            );
+        }
+        // A payload with no identity, or one without a registry host, names no source.
+        for bad in [
+            serde_json::json!({"critical": {"identity": {}, "image": {"docker-manifest-digest": d.to_string()}, "type": PAYLOAD_TYPE}}),
+            serde_json::json!({"critical": {"identity": {"docker-reference": "berth/os"}, "image": {"docker-manifest-digest": d.to_string()}, "type": PAYLOAD_TYPE}}),
+        ] {
+            let b = serde_json::to_vec(&bad).unwrap();
+            let s = sign_payload(&sk, &b);
+            assert!(
+                matches!(
+                    verify_payload(&b, &s, &d, OS, keys),
+                    Err(Rejected::WrongIdentity { .. })
+                ),
+                "{bad}"
+            );
+        }
+        // A tag or digest in the payload's reference is not part of the identity.
+        let tagged = payload_for(&format!("{OS}:stable"), &d);
+        let tsig = sign_payload(&sk, &tagged);
+        assert_eq!(
+            verify_payload(&tagged, &tsig, &d, OS, keys),
+            Ok(pk.id.clone())
+        );
+        // The error a node shows names both repositories.
+        let e = SignatureError::WrongIdentity {
+            reference: "127.0.0.1:5000/berth/mirror:stable".into(),
+            digest: d.clone(),
+            key: pk.id.clone(),
+            signed_for: OS.into(),
+            expected: "127.0.0.1:5000/berth/mirror".into(),
+        }
+        .to_string();
+        assert!(
+            e.contains(
+                "for the repository 127.0.0.1:5000/berth/os, not for 127.0.0.1:5000/berth/mirror"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identities_normalize() {
+        assert_eq!(
+            normalize_identity("Reg.Example.COM:443/berth/os:v1").as_deref(),
+            Some("reg.example.com:443/berth/os")
+        );
+        assert_eq!(
+            normalize_identity(&format!("{OS}@{}", Digest::of(b"x"))).as_deref(),
+            Some(OS)
+        );
+        assert_eq!(normalize_identity("berth/os"), None);
+        assert_eq!(normalize_identity("127.0.0.1:5000/Berth/OS"), None);
+        assert_eq!(normalize_identity(""), None);
     }
 }

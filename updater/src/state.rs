@@ -20,6 +20,16 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    /// The version floor file exists but cannot be understood. The updater refuses to
+    /// guess (no floor would let any old signed version back in).
+    #[error("the version floor {path} is corrupt; remove it to start from the running version, or install with allow-downgrade")]
+    FloorCorrupt {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Steps of an apply, in order. Each is recorded once it is complete.
@@ -252,5 +262,126 @@ impl State {
         self.failed
             .iter()
             .any(|f| f.version == version || f.root_hash.as_deref().is_some_and(|h| h == root_hash))
+    }
+}
+
+/// The highest OS version this node ever installed (`<state dir>/version-floor.json`).
+///
+/// An update below the floor is refused (unless the operator allows a downgrade), not only
+/// one below the running version: after a rollback from v2 to v1, an older signed image
+/// (say a v1.5 with a known hole, replayed by whoever controls the registry) must not be
+/// installable just because it is newer than v1. A rollback is not an install and never
+/// looks at the floor.
+///
+/// It lives in a file of its own, not in `state.json`: that file is rewritten at every
+/// write checkpoint and read leniently (a corrupt one starts afresh), which is fine for a
+/// record of progress but not for a security boundary. A missing floor file means "none
+/// recorded" (a node that never installed an update); a corrupt one is an error.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VersionFloor {
+    /// OS version.
+    pub version: String,
+    /// dm-verity root hash of the install that set it.
+    pub root_hash: String,
+    /// When it was raised (Unix seconds).
+    pub at: u64,
+}
+
+impl VersionFloor {
+    /// Path of the floor file in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("version-floor.json")
+    }
+
+    /// The recorded floor: `None` when none was ever recorded.
+    pub fn load(dir: &Path) -> Result<Option<Self>, StateError> {
+        let p = Self::path(dir);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::FloorCorrupt { path: p, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                what: "reading",
+                path: p,
+                source,
+            }),
+        }
+    }
+
+    /// Raise the floor to `version` (write-new, fsync, rename, fsync the directory); a
+    /// version at or below the recorded floor leaves it as it is (a deliberate downgrade
+    /// does not lower it). Returns the floor now in force.
+    pub fn raise(dir: &Path, version: &str, root_hash: &str) -> Result<Self, StateError> {
+        let current = Self::load(dir)?;
+        if let Some(f) = current {
+            if !crate::version::is_newer(version, &f.version) {
+                return Ok(f);
+            }
+        }
+        let p = Self::path(dir);
+        let io = |what, source| StateError::Io {
+            what,
+            path: p.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of", e))?;
+        let f = Self {
+            version: version.to_string(),
+            root_hash: root_hash.to_string(),
+            at: fsutil::now_unix(),
+        };
+        let json = serde_json::to_vec_pretty(&f).unwrap_or_default();
+        fsutil::write_atomic(&p, &json).map_err(|e| io("writing", e))?;
+        tracing::info!(floor = %version, "raised the OS version floor");
+        Ok(f)
+    }
+
+    /// Whether `offered` is below this floor.
+    pub fn refuses(&self, offered: &str) -> bool {
+        crate::version::compare(offered, &self.version) == std::cmp::Ordering::Less
+    }
+}
+
+impl Target {
+    /// The fields in which `self` (a stored job's target) differs from `other` (the
+    /// target just verified), by name; empty when it is the very same install.
+    pub fn differences(&self, other: &Target) -> Vec<&'static str> {
+        let (a, b) = (&self.config, &other.config);
+        let mut d = Vec::new();
+        let mut diff = |name, differ: bool| {
+            if differ {
+                d.push(name)
+            }
+        };
+        diff("reference", self.reference != other.reference);
+        diff("top_digest", self.top_digest != other.top_digest);
+        diff(
+            "manifest_digest",
+            self.manifest_digest != other.manifest_digest,
+        );
+        diff("signed_by", self.signed_by != other.signed_by);
+        diff("root", self.root != other.root);
+        diff("kernel", self.kernel != other.kernel);
+        diff("initrd", self.initrd != other.initrd);
+        diff("version", a.version != b.version);
+        diff("arch", a.arch != b.arch);
+        diff("build_id", a.build_id != b.build_id);
+        diff("kernel_release", a.kernel_release != b.kernel_release);
+        diff("verity_root_hash", a.verity_root_hash != b.verity_root_hash);
+        diff("verity_salt", a.verity_salt != b.verity_salt);
+        diff(
+            "verity_data_blocks",
+            a.verity_data_blocks != b.verity_data_blocks,
+        );
+        diff("cmdline", a.cmdline != b.cmdline);
+        diff("root_size", a.root_size != b.root_size);
+        diff("kernel_size", a.kernel_size != b.kernel_size);
+        diff("initrd_size", a.initrd_size != b.initrd_size);
+        // Anything a later field adds is still compared, just not named.
+        if d.is_empty() && self != other {
+            d.push("other fields");
+        }
+        d
     }
 }
