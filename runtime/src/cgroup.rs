@@ -51,6 +51,12 @@ pub enum CgroupError {
     },
     #[error("invalid cgroup path {path:?}: it must not contain '..'")]
     BadPath { path: String },
+    #[error("cannot install the device filter (linux.resources.devices) on cgroup {path}")]
+    Devices {
+        path: PathBuf,
+        #[source]
+        source: crate::devices::DeviceError,
+    },
 }
 
 /// Limits for one cgroup, already validated and converted to cgroup v2 units.
@@ -297,6 +303,15 @@ impl Cgroup {
             write_file(&ctl_path, &add)?;
         }
         Ok(())
+    }
+
+    /// Loads the device filter's BPF program and attaches it to the cgroup,
+    /// replacing a device program attached there earlier.
+    pub fn set_device_filter(&self, filter: &crate::devices::Filter) -> Result<(), CgroupError> {
+        crate::devices::attach(&self.path(), filter).map_err(|source| CgroupError::Devices {
+            path: self.path(),
+            source,
+        })
     }
 
     /// Moves process `pid` into the cgroup (0 = the calling process).

@@ -226,6 +226,12 @@ fn stage1_inner(init: &InitPlan, sock: &mut UnixStream) -> Result<(), InitError>
             console_socket,
             preserve_fds,
         } => {
+            // Non-dumpable until execve (which resets the flag): a process
+            // already in the container must not ptrace this helper, or read
+            // its memory through /proc, while it joins the namespaces and
+            // before the seccomp filter is installed. The clone below
+            // inherits the flag and apply_user_caps keeps it.
+            nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE, 0)".into())?;
             join_cgroup(cgroup)?;
             // The console socket is a path on the caller's side: connect before joining
             // the container's mount namespace, where the path means something else.
@@ -622,6 +628,7 @@ fn apply_user_caps(p: &ProcessPlan) -> Result<bool, InitError> {
         drop_bounding(c)?;
     }
     nix::sys::prctl::set_keepcaps(true).ctx(|| "prctl(PR_SET_KEEPCAPS)".into())?;
+    let dumpable = nix::sys::prctl::get_dumpable().ctx(|| "prctl(PR_GET_DUMPABLE)".into())?;
     let gids: Vec<Gid> = p
         .additional_gids
         .iter()
@@ -641,8 +648,10 @@ fn apply_user_caps(p: &ProcessPlan) -> Result<bool, InitError> {
     let u = Uid::from_raw(p.uid);
     nix::unistd::setresuid(u, u, u).ctx(|| format!("process.user.uid: setresuid({})", p.uid))?;
     // Changing uid clears the dumpable flag, which makes /proc/self/fd
-    // (needed to reopen the exec fifo) inaccessible; exec resets it anyway.
-    nix::sys::prctl::set_dumpable(true).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
+    // (needed by the container init to reopen the exec fifo) inaccessible:
+    // restore what it was. The exec helper is non-dumpable on purpose and
+    // stays so (see stage1_inner); exec resets the flag anyway.
+    nix::sys::prctl::set_dumpable(dumpable).ctx(|| "prctl(PR_SET_DUMPABLE)".into())?;
     if let Some(c) = &p.caps {
         set_caps(c)?;
     }
@@ -696,8 +705,18 @@ fn set_caps(c: &CapsPlan) -> Result<(), InitError> {
     caps::set(None, caps::CapSet::Effective, &only(c.effective))
         .map_err(|e| err("effective", e))?;
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| err("ambient", e))?;
-    for cap in only(c.ambient) {
-        caps::raise(None, caps::CapSet::Ambient, cap).map_err(|e| err("ambient", e))?;
+    // The kernel only raises an ambient capability that is both permitted
+    // and inheritable. `runc spec` and `crun spec` list ambient capabilities
+    // without an inheritable set; runc (and crun) then warn and run the
+    // container without them, so do the same rather than fail.
+    let mut ambient: Vec<_> = only(c.ambient).into_iter().collect();
+    ambient.sort_by_key(|c| c.index());
+    for cap in ambient {
+        if let Err(e) = caps::raise(None, caps::CapSet::Ambient, cap) {
+            eprintln!(
+                "berth-runtime: warning: can't raise ambient capability {cap} (it must also be permitted and inheritable): {e}"
+            );
+        }
     }
     Ok(())
 }
@@ -994,8 +1013,30 @@ fn create_device(rootfs: &Path, d: &DevicePlan, in_userns: bool) -> io::Result<(
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }
-    if in_userns {
-        // mknod is not allowed in a user namespace: bind the host's node.
+    // mknod is not allowed in a user namespace, and a node made on a nodev
+    // /dev (the default profile's) cannot be opened: bind the host's node.
+    let nodev = dest.parent().is_some_and(|parent| {
+        nix::sys::statvfs::statvfs(parent)
+            .is_ok_and(|st| st.flags().contains(nix::sys::statvfs::FsFlags::ST_NODEV))
+    });
+    if in_userns || nodev {
+        if nodev && !in_userns {
+            let host = fs::metadata(&d.path)?;
+            let kind_ok = match d.kind {
+                'b' => host.file_type().is_block_device(),
+                'p' => host.file_type().is_fifo(),
+                _ => host.file_type().is_char_device(),
+            };
+            if !kind_ok || host.rdev() != nix::sys::stat::makedev(d.major, d.minor) {
+                return Err(io::Error::other(format!(
+                    "/dev is nodev, so the node must be bound from the host, but the host's {} is not {} {}:{}",
+                    d.path.display(),
+                    d.kind,
+                    d.major,
+                    d.minor
+                )));
+            }
+        }
         ensure_file(&dest)?;
         return mount(
             Some(&d.path),

@@ -74,6 +74,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod devices;
 pub mod hooks;
 pub mod init;
 pub mod plan;

@@ -34,6 +34,8 @@ pub enum PlanError {
     Seccomp(#[source] seccomp::SeccompError),
     #[error("invalid container id {id:?}: {reason}")]
     BadId { id: String, reason: &'static str },
+    #[error("linux.resources.devices: invalid device rule")]
+    Devices(#[source] crate::devices::DeviceError),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> PlanError {
@@ -220,6 +222,8 @@ pub struct Plan {
     pub process: ProcessPlan,
     pub hooks: HooksPlan,
     pub resources: Resources,
+    /// The device cgroup policy (BPF program) for the container's cgroup.
+    pub device_filter: crate::devices::Filter,
     pub cgroups_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -698,6 +702,48 @@ fn plan_resources(r: &oci_spec::runtime::LinuxResources) -> Result<Resources, Pl
     Ok(out)
 }
 
+/// The device filter: the spec's `linux.resources.devices` rules, then the
+/// default devices, then the container's device nodes (see
+/// [`crate::devices::container_rules`]).
+fn plan_device_filter(
+    rules: Option<&Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
+    nodes: &[DevicePlan],
+) -> Result<crate::devices::Filter, PlanError> {
+    use crate::devices::{self, DevType, Rule};
+    let mut spec_rules = Vec::new();
+    for (i, r) in rules.into_iter().flatten().enumerate() {
+        let field = format!("linux.resources.devices[{i}]");
+        let kind = match r.typ() {
+            None | Some(LinuxDeviceType::A) => DevType::All,
+            Some(LinuxDeviceType::C | LinuxDeviceType::U) => DevType::Char,
+            Some(LinuxDeviceType::B) => DevType::Block,
+            Some(LinuxDeviceType::P) => {
+                return Err(invalid(
+                    format!("{field}.type"),
+                    "must be a, b or c (fifos need no device rule)",
+                ))
+            }
+        };
+        let bad = PlanError::Devices;
+        let rule = Rule {
+            allow: r.allow(),
+            kind,
+            major: devices::parse_number(&format!("{field}.major"), r.major()).map_err(bad)?,
+            minor: devices::parse_number(&format!("{field}.minor"), r.minor()).map_err(bad)?,
+            access: devices::parse_access(
+                &format!("{field}.access"),
+                r.access().as_deref().unwrap_or(""),
+            )
+            .map_err(bad)?,
+        };
+        spec_rules.push((field, rule));
+    }
+    let nodes: Vec<(char, u64, u64)> = nodes.iter().map(|d| (d.kind, d.major, d.minor)).collect();
+    let all = devices::container_rules(&spec_rules, &nodes);
+    devices::Filter::from_rules(all.iter().map(|(f, r)| (f.as_str(), *r)))
+        .map_err(PlanError::Devices)
+}
+
 /// Builds the plan for container `id` from `spec` found in `bundle`.
 /// `bundle` must be absolute. The seccomp filter is compiled (cached).
 pub fn build(id: &str, bundle: &Path, spec: &Spec) -> Result<Plan, PlanError> {
@@ -960,6 +1006,13 @@ pub fn build(id: &str, bundle: &Path, spec: &Spec) -> Result<Plan, PlanError> {
     if let Some(r) = linux.resources() {
         plan.resources = plan_resources(r)?;
     }
+    plan.device_filter = plan_device_filter(
+        linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref()),
+        &plan.devices,
+    )?;
     plan.cgroups_path = linux
         .cgroups_path()
         .as_ref()
@@ -1039,6 +1092,55 @@ mod tests {
             .iter()
             .any(|r| r.0 == libc::RLIMIT_NOFILE));
         assert!(plan.masked_paths.contains(&PathBuf::from("/proc/kcore")));
+    }
+
+    #[test]
+    fn device_rules_become_a_deny_by_default_filter() {
+        use crate::devices::{DevType, READ, WRITE};
+        let mut c = base();
+        c["linux"]["resources"] = serde_json::json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "b", "major": 7, "minor": -1, "access": "r"},
+        ]});
+        c["linux"]["devices"] =
+            serde_json::json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]);
+        let f = bundle_with(&c).1.unwrap().device_filter;
+        assert!(!f.default_allow);
+        assert!(f.allows(DevType::Char, 1, 3, READ | WRITE));
+        assert!(f.allows(DevType::Char, 10, 229, READ | WRITE));
+        assert!(f.allows(DevType::Block, 7, 5, READ));
+        assert!(!f.allows(DevType::Block, 7, 5, WRITE));
+        assert!(!f.allows(DevType::Block, 254, 0, READ));
+        // No rules in the spec at all: still deny by default.
+        let mut c = base();
+        c["linux"]["resources"] = serde_json::json!({});
+        let f = bundle_with(&c).1.unwrap().device_filter;
+        assert!(!f.allows(DevType::Block, 254, 0, READ));
+        assert!(f.allows(DevType::Char, 136, 3, READ));
+        // Bad rules name their field.
+        for (rule, needle) in [
+            (
+                serde_json::json!({"allow": true, "type": "c", "access": "rx"}),
+                "devices[0].access",
+            ),
+            (
+                serde_json::json!({"allow": true, "type": "p"}),
+                "devices[0].type",
+            ),
+            (
+                serde_json::json!({"allow": true, "type": "c", "major": -5}),
+                "devices[0].major",
+            ),
+        ] {
+            let mut c = base();
+            c["linux"]["resources"] = serde_json::json!({ "devices": [rule] });
+            let e = bundle_with(&c).1.unwrap_err();
+            let mut text = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                text.push_str(&s.to_string());
+            }
+            assert!(text.contains(needle), "{text}");
+        }
     }
 
     #[test]

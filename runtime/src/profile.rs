@@ -6,13 +6,13 @@
 
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilitiesBuilder, LinuxSeccomp, Spec};
 
-/// Docker's default capabilities.
-pub const DEFAULT_CAPS: [Capability; 14] = [
+/// Docker's default capabilities, without CAP_MKNOD: device nodes come from the runtime, never from the
+/// workload (the device cgroup filter denies mknod of anything else anyway).
+pub const DEFAULT_CAPS: [Capability; 13] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
-    Capability::Mknod,
     Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
@@ -47,6 +47,9 @@ pub const READONLY_PATHS: [&str; 5] = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// The io_uring syscalls, which fail with ENOSYS in the default profile.
+pub const IO_URING: [&str; 3] = ["io_uring_setup", "io_uring_enter", "io_uring_register"];
 
 /// Syscalls allowed unconditionally: Docker's default allow list plus the
 /// groups it enables for the default capabilities (`chroot` for
@@ -178,9 +181,6 @@ const ALLOWED: &[&str] = &[
     "ioprio_set",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
     "ipc",
     "kill",
     "landlock_add_rule",
@@ -443,6 +443,9 @@ pub fn default_seccomp() -> LinuxSeccomp {
             { "names": ["clone"], "action": "SCMP_ACT_ALLOW",
               "args": [{ "index": 0, "value": CLONE_NS_MASK, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] },
             { "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS },
+            // io_uring bypasses the syscall filter for the operations it
+            // submits; programs fall back to plain syscalls on ENOSYS.
+            { "names": IO_URING, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS },
         ]
     });
     // The JSON above is a constant of this crate; it always deserialises.
@@ -452,7 +455,7 @@ pub fn default_seccomp() -> LinuxSeccomp {
 /// Applies the default profile to `spec` in place: capabilities (all five
 /// sets: bounding, effective, permitted = Docker's set; inheritable and
 /// ambient empty), `noNewPrivileges`, seccomp, masked and read-only paths,
-/// and a read-only `/sys` mount.
+/// a `nodev` `/dev` tmpfs and a read-only `/sys` mount.
 pub fn apply_default(spec: &mut Spec) {
     let caps: Capabilities = DEFAULT_CAPS.iter().copied().collect();
     let lc = LinuxCapabilitiesBuilder::default()
@@ -488,6 +491,18 @@ pub fn apply_default(spec: &mut Spec) {
 
     if let Some(mounts) = spec.mounts_mut() {
         for m in mounts.iter_mut() {
+            if m.destination() == std::path::Path::new("/dev")
+                && m.typ().as_deref() == Some("tmpfs")
+            {
+                // Nodes made with mknod on /dev cannot be opened; the
+                // runtime binds the host's nodes for linux.devices instead.
+                let mut opts = m.options().clone().unwrap_or_default();
+                opts.retain(|o| o != "dev");
+                if !opts.iter().any(|o| o == "nodev") {
+                    opts.push("nodev".into());
+                }
+                m.set_options(Some(opts));
+            }
             if m.destination() == std::path::Path::new("/sys") {
                 let mut opts = m.options().clone().unwrap_or_default();
                 opts.retain(|o| o != "rw");
@@ -511,7 +526,18 @@ mod tests {
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));
         let c = p.capabilities().as_ref().unwrap();
-        assert_eq!(c.bounding().as_ref().unwrap().len(), 14);
+        assert_eq!(c.bounding().as_ref().unwrap().len(), 13);
+        for set in [c.bounding(), c.effective(), c.permitted()] {
+            assert!(!set.as_ref().unwrap().contains(&Capability::Mknod));
+        }
+        let dev = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == std::path::Path::new("/dev"))
+            .unwrap();
+        assert!(dev.options().as_ref().unwrap().iter().any(|o| o == "nodev"));
         assert!(!c
             .bounding()
             .as_ref()
@@ -541,5 +567,46 @@ mod tests {
             .find(|m| m.destination() == std::path::Path::new("/sys"))
             .unwrap();
         assert!(sys.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn io_uring_fails_with_enosys() {
+        let s = default_seccomp();
+        let rules = s.syscalls().as_ref().unwrap();
+        for name in IO_URING {
+            let hits: Vec<_> = rules
+                .iter()
+                .filter(|r| r.names().iter().any(|n| n == name))
+                .collect();
+            assert_eq!(hits.len(), 1, "{name} must appear in exactly one rule");
+            assert_eq!(
+                hits[0].action(),
+                oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+            );
+            assert_eq!(hits[0].errno_ret(), Some(libc::ENOSYS as u32));
+        }
+        assert!(!ALLOWED.iter().any(|n| n.starts_with("io_uring")));
+    }
+
+    #[test]
+    fn io_uring_is_denied_by_the_compiled_filter() {
+        // The compiled program, run for io_uring_setup on this
+        // architecture, must return SECCOMP_RET_ERRNO | ENOSYS.
+        use crate::seccomp::{simulate, NATIVE_ARCH};
+        let prog = crate::seccomp::compile(&default_seccomp()).unwrap();
+        for nr in [
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+        ] {
+            let ret = simulate(&prog, NATIVE_ARCH, nr as u32, [0; 6]);
+            assert_eq!(
+                ret,
+                libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+                "syscall {nr}"
+            );
+        }
+        let ret = simulate(&prog, NATIVE_ARCH, libc::SYS_read as u32, [0; 6]);
+        assert_eq!(ret, libc::SECCOMP_RET_ALLOW);
     }
 }

@@ -294,18 +294,11 @@ impl Runtime {
     }
 
     fn cgroup_for(&self, plan: &Plan, opts: &CreateOptions) -> Result<Option<Cgroup>> {
-        let root = match cgroup::find_root() {
-            Ok(r) => r,
-            Err(e) => {
-                if plan.resources.controllers().is_empty() {
-                    return Ok(None);
-                }
-                return Err(RuntimeError::Cgroup {
-                    id: plan.id.clone(),
-                    source: e,
-                });
-            }
-        };
+        // Every container gets a cgroup: its device filter needs one.
+        let root = cgroup::find_root().map_err(|source| RuntimeError::Cgroup {
+            id: plan.id.clone(),
+            source,
+        })?;
         let rel = match &plan.cgroups_path {
             Some(p) if p.starts_with('/') => p.clone(),
             Some(p) => format!(
@@ -374,13 +367,17 @@ impl Runtime {
         };
         let cg = self.cgroup_for(&plan, &opts)?;
         if let Some(cg) = &cg {
-            cg.create(&plan.resources).map_err(|source| {
-                let _ = cg.destroy();
-                RuntimeError::Cgroup {
-                    id: id.clone(),
-                    source,
-                }
-            })?;
+            // The device filter is in place before any process joins the
+            // cgroup, so the container never runs without it.
+            cg.create(&plan.resources)
+                .and_then(|()| cg.set_device_filter(&plan.device_filter))
+                .map_err(|source| {
+                    let _ = cg.destroy();
+                    RuntimeError::Cgroup {
+                        id: id.clone(),
+                        source,
+                    }
+                })?;
             cleanup.cgroup = Some(cg.clone());
         }
         let fifo = dir.join("exec.fifo");
