@@ -49,7 +49,7 @@ FUZZ_SECONDS ?= 20
 # again by the commands themselves (one install can remove another package).
 
 
-.PHONY: all deps deps-arm64 deps-test kernel bins image-tool image run test lint unit system-test fuzz bench clean help
+.PHONY: all deps deps-arm64 deps-test kernel bins probe image-tool image run test lint unit system-test fuzz bench clean help
 
 all: image
 
@@ -133,14 +133,20 @@ SYSTEM_TEST_ENV = BERTH_IMAGE=$(CURDIR)/build/$(ARCH)/berth.img \
 	BERTH_IMAGE_ARM64_METAL=$(CURDIR)/build/arm64-metal/berth.img \
 	BERTH_OSCTL=$(CURDIR)/target/debug/osctl \
 	BERTH_IMAGE_TOOL=$(CURDIR)/$(IMAGE_TOOL) BERTH_UPDATE_KEY=$(CURDIR)/$(UPDATE_KEY) \
-	BERTH_KERNEL_DIR=$(CURDIR)/build/$(ARCH)/kernel BERTH_BIN_DIR=$(CURDIR)/$(BIN_DIR)
+	BERTH_KERNEL_DIR=$(CURDIR)/build/$(ARCH)/kernel BERTH_BIN_DIR=$(CURDIR)/$(BIN_DIR) \
+	BERTH_PROBE=$(CURDIR)/target/$(TARGET_x86_64)/release/berth-probe
+
+# The escape-probe binary the isolation test copies into containers (static, like the OS
+# binaries, so it runs in a busybox image; it is not part of the OS image).
+probe:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(TARGET_x86_64) -p berth-probe
 
 # Whole-system tests: boot the real images (cloud and metal profiles, and the arm64 image,
 # whose `make image ARCH=arm64` also installs the cross toolchain) in QEMU, drive them
 # with osctl.
 # Two VMs at a time (2 cores, one TCG vCPU each), except the OS update tests: they build
 # images and time power cuts against download progress, so they run one by one.
-system-test: image
+system-test: image probe
 	$(MAKE) image PROFILE=metal
 	$(ARM64_SMOKE_ENV) $(MAKE) image ARCH=arm64
 	$(ARM64_SMOKE_ENV) $(MAKE) image ARCH=arm64 PROFILE=metal

@@ -1,0 +1,218 @@
+//! Whole-system escape probes (issue 16): in the booted VM, workloads from the shipped
+//! `admin` image try what a hostile root workload would try to reach the host, and every
+//! attempt must fail. `berth-probe` (tests/probe, a static binary) makes the attempts at
+//! the system-call level: mknod + read + open-for-writing of every block device in
+//! /proc/partitions and of /dev/mem, /dev/kmem, /dev/port (on the rootfs, on /dev, and on
+//! a fresh tmpfs where the container may mount one); /proc/sysrq-trigger, core_pattern,
+//! /sys and cgroup writes; mount; user namespace creation; kernel module loading; io_uring;
+//! bpf; open_by_handle_at; reboot; ptrace of a host process; the node's API socket.
+//!
+//! The same probes then run with capabilities granted, to show what each one opens (the
+//! table in docs/SECURITY.md): `NET_ADMIN` + `SYS_ADMIN`, and `MKNOD` + `SYS_ADMIN`, where
+//! mknod works and a fresh tmpfs has no `nodev`, so only the cgroup device program stands
+//! between the container and the disk.
+
+use berth_tests::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const LOOP: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
+
+/// The static probe binary (`make system-test` builds it next to the OS binaries).
+fn probe_bin() -> PathBuf {
+    let p = std::env::var_os("BERTH_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/x86_64-unknown-linux-gnu/release/berth-probe"));
+    assert!(
+        p.exists(),
+        "no berth-probe at {} (make system-test builds it)",
+        p.display()
+    );
+    p
+}
+
+/// One probe's outcome: OPEN (true) or BLOCKED (false), and its detail.
+type Probes = BTreeMap<String, (bool, String)>;
+
+/// Copies the probe into the container (through `osctl exec -i`) and runs it there.
+fn run_probes(vm: &Vm, container: &str) -> Probes {
+    let argv = vm.osctl_argv();
+    let upload = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["exec", "-i", container, "--", "sh", "-c"])
+        .arg("cat > /tmp/berth-probe && chmod 755 /tmp/berth-probe")
+        .stdin(Stdio::from(
+            std::fs::File::open(probe_bin()).expect("opening berth-probe"),
+        ))
+        .output()
+        .expect("running osctl");
+    assert!(
+        upload.status.success(),
+        "uploading the probe into {container}: {}",
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    let out = vm.osctl(&["exec", container, "--", "/tmp/berth-probe"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("PROBES DONE"),
+        "berth-probe in {container} did not finish ({}): {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut probes = Probes::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("PROBE ") else {
+            continue;
+        };
+        let mut f = rest.splitn(3, ' ');
+        let (Some(name), Some(verdict), detail) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        // Several lines may share a name (one per visible host process): OPEN wins.
+        let open = verdict == "OPEN";
+        let e = probes
+            .entry(name.to_string())
+            .or_insert((open, detail.unwrap_or("").to_string()));
+        if open && !e.0 {
+            *e = (true, detail.unwrap_or("").to_string());
+        }
+    }
+    for (name, (open, detail)) in &probes {
+        eprintln!(
+            "PROBE {container:<12} {:<7} {name}: {detail}",
+            if *open { "OPEN" } else { "blocked" }
+        );
+    }
+    probes
+}
+
+fn opened(p: &Probes) -> Vec<&str> {
+    p.iter()
+        .filter(|(_, (open, _))| *open)
+        .map(|(n, _)| n.as_str())
+        .collect()
+}
+
+fn wait_running(vm: &Vm, name: &str) {
+    vm.wait_for(&format!("{name} running"), Duration::from_secs(180), || {
+        let ps = vm.osctl_json(&["ps"]);
+        ps.as_array()?
+            .iter()
+            .any(|c| c["name"] == name && c["state"] == "running")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_root_workload_cannot_reach_the_host() {
+    let image = image();
+    let dir = root().join("target/system-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("isolation.toml");
+    let container = |name: &str, caps: &str| {
+        format!(
+            "[[containers]]\nname = \"{name}\"\nimage = \"admin\"\ncommand = [\"/bin/sh\", \"-c\", \"{LOOP}\"]\ncapabilities = [{caps}]\n\n"
+        )
+    };
+    std::fs::write(
+        &cfg,
+        [
+            container("probe-admin", "\"CAP_NET_ADMIN\", \"CAP_SYS_ADMIN\""),
+            container("probe-mknod", "\"CAP_MKNOD\", \"CAP_SYS_ADMIN\""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let vm = Vm::boot(
+        "isolation",
+        &image,
+        &BootOpts {
+            config: Some(cfg),
+            ..Default::default()
+        },
+    );
+    vm.wait_serial("berth: ready", BOOT_TIMEOUT);
+
+    // The issue's reproduction, as a user would type it: a workload started with
+    // `osctl run` from the shipped image, default profile.
+    vm.osctl_ok(&["run", "admin", "--name", "probe", "--", "sh", "-c", LOOP]);
+    for name in ["probe", "probe-admin", "probe-mknod"] {
+        wait_running(&vm, name);
+    }
+    let out = vm.osctl(&[
+        "exec",
+        "probe",
+        "--",
+        "sh",
+        "-c",
+        "mknod /tmp/d b 254 0; dd if=/tmp/d bs=4096 count=1 | wc -c",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.trim(), "0", "the boot disk was readable: {stdout}{stderr}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+
+    // Default profile: every probe fails.
+    let p = run_probes(&vm, "probe");
+    let devices = p.keys().filter(|k| k.starts_with("device:")).count();
+    assert!(
+        devices >= 2 * 6,
+        "too few device probes ({devices}): is /proc/partitions readable? {p:#?}"
+    );
+    assert!(p.contains_key("device:vda@/tmp"), "{p:#?}");
+    for must in [
+        "io_uring:setup",
+        "userns:unshare",
+        "module:init_module",
+        "ptrace:host-pid",
+        "api:osctl.sock",
+        "proc:sysrq-trigger",
+        "mount:tmpfs",
+    ] {
+        assert!(p.contains_key(must), "probe {must} did not run: {p:#?}");
+    }
+    assert!(
+        opened(&p).is_empty(),
+        "a default workload reached the host: {:?}",
+        opened(&p)
+    );
+    assert!(
+        p["io_uring:setup"].1.contains("errno 38"),
+        "io_uring must fail with ENOSYS: {:?}",
+        p["io_uring:setup"]
+    );
+
+    // NET_ADMIN + SYS_ADMIN: mount works, so /proc/sys can be made writable (documented:
+    // SYS_ADMIN is close to root on the host); the devices still stay shut.
+    let p = run_probes(&vm, "probe-admin");
+    let open = opened(&p);
+    eprintln!("FIGURE probes opened by NET_ADMIN+SYS_ADMIN: {open:?}");
+    assert!(open.contains(&"mount:tmpfs"), "{p:#?}");
+    assert!(
+        !open.iter().any(|n| n.starts_with("device:")),
+        "SYS_ADMIN opened a device: {open:?}"
+    );
+    for shut in ["module:init_module", "io_uring:setup", "api:osctl.sock"] {
+        assert!(!open.contains(&shut), "{shut} opened with SYS_ADMIN: {p:#?}");
+    }
+
+    // MKNOD + SYS_ADMIN: nodes can be made, on a tmpfs without nodev too; opening them is
+    // refused by the cgroup device program alone.
+    let p = run_probes(&vm, "probe-mknod");
+    let open = opened(&p);
+    eprintln!("FIGURE probes opened by MKNOD+SYS_ADMIN: {open:?}");
+    assert!(
+        !open.iter().any(|n| n.starts_with("device:")),
+        "a device node opened with MKNOD: {open:?}"
+    );
+    let on_tmpfs = &p["device:vda@/mnt/berth-probe"];
+    assert!(
+        on_tmpfs.1.contains("mknod worked") && on_tmpfs.1.contains("Operation not permitted"),
+        "expected mknod to work and the device program to refuse the open: {on_tmpfs:?}"
+    );
+    // The node stays healthy after all that.
+    let st = vm.status();
+    assert_eq!(st["healthy"], true, "{st:#}");
+}
