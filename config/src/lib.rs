@@ -4,9 +4,9 @@
 //!   syntax error, a type error or a semantic one, names the key path and the line
 //!   (`line 12: containers[1].memory: invalid size "12X" ...`).
 //! - [`parse_service`] does the same for a system service definition
-//!   (`/usr/lib/berth/services/*.toml`, a [`ContainerSpec`] at the top level), and
-//!   [`start_order`] checks a whole set of definitions for duplicates, missing requirements
-//!   and dependency cycles.
+//!   (`/usr/lib/berth/services/*.toml`, a [`ContainerSpec`] at the top level) and
+//!   [`parse_workload`] for an `osctl run` workload; [`start_order`] checks a whole set of
+//!   definitions for duplicates, missing requirements and dependency cycles.
 //! - [`datasource`] finds the first-boot config (fw_cfg, CIDATA, ESP, kernel command line).
 //! - [`store`] keeps the applied config and the last known good one on `/var`.
 //! - [`render`] produces the hostname, `/etc/resolv.conf`, `/etc/hosts` and sysctl paths.
@@ -82,12 +82,24 @@ pub fn parse(text: &str) -> Result<Config, Errors> {
     }
 }
 
-/// Parses and validates one system service definition (a [`ContainerSpec`] at the top level).
+/// Parses and validates one system service definition (a [`ContainerSpec`] at the top
+/// level), as shipped in the verified root image: like a workload, except that its mounts
+/// may bind files sysd renders for it below `/run/berth`.
 pub fn parse_service(text: &str) -> Result<ContainerSpec, Errors> {
+    parse_definition(text, validate::Origin::System)
+}
+
+/// Parses and validates one workload definition (an `osctl run` request, or one saved on
+/// the state partition) with the rules of the machine config's `[[containers]]`.
+pub fn parse_workload(text: &str) -> Result<ContainerSpec, Errors> {
+    parse_definition(text, validate::Origin::Workload)
+}
+
+fn parse_definition(text: &str, origin: validate::Origin) -> Result<ContainerSpec, Errors> {
     let loc = Locator::new(text);
     let spec: ContainerSpec = deserialize(text, &loc)?;
     let mut cx = validate::Ctx::new(&loc);
-    validate::container(&spec, &KeyPath::root(), &mut cx);
+    validate::container(&spec, &KeyPath::root(), origin, &mut cx);
     if cx.errors.is_empty() {
         Ok(spec)
     } else {
@@ -131,6 +143,7 @@ pub fn fuzz_parse(data: &[u8]) {
             }
         }
         let _ = parse_service(text);
+        let _ = parse_workload(text);
     }
 }
 

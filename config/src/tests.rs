@@ -230,3 +230,183 @@ fn ntp_servers_render_and_are_checked() {
     let e = err(&format!("[host]\nntp_servers = [{}]\n", many.join(", ")));
     assert!(e.contains("at most 8 NTP servers"), "{e}");
 }
+
+/// A one-container config mounting `source` at /m.
+fn mounting(source: &str) -> String {
+    format!("[[containers]]\nname = \"a\"\nimage = \"x\"\nmounts = [{{ source = {source:?}, target = \"/m\" }}]\n")
+}
+
+#[test]
+fn berth_state_is_refused_as_a_mount_source() {
+    let state = "holds Berth's own state (content store, credentials, other containers' data): mounting it into a container would hand it the node";
+    let runtime = "holds Berth's runtime state (the API socket, container state, the ESP): mounting it into a container would hand it the node";
+    let esp = "is the EFI system partition (boot loader, kernels, boot entries): mounting it into a container would hand it the node";
+    let logs = "holds every container's logs: mounting it into a container would hand it the node";
+    for (source, expect) in [
+        ("/var/lib/berth", format!("\"/var/lib/berth\" {state}")),
+        (
+            "/var/lib/berth/images",
+            format!("\"/var/lib/berth/images\" {state}"),
+        ),
+        (
+            "/var/lib/berth/config.toml",
+            format!("\"/var/lib/berth/config.toml\" {state}"),
+        ),
+        (
+            "/var/lib/berth/volumes/other",
+            format!("\"/var/lib/berth/volumes/other\" {state}"),
+        ),
+        (
+            "/var/lib",
+            format!("\"/var/lib\" contains /var/lib/berth, which {state}"),
+        ),
+        (
+            "/var/log",
+            format!("\"/var/log\" contains /var/log/berth, which {logs}"),
+        ),
+        ("/var/log/berth", format!("\"/var/log/berth\" {logs}")),
+        (
+            "/var/log/berth/db.log",
+            format!("\"/var/log/berth/db.log\" {logs}"),
+        ),
+        ("/run/berth", format!("\"/run/berth\" {runtime}")),
+        (
+            "/run/berth/osctl.sock",
+            format!("\"/run/berth/osctl.sock\" {runtime}"),
+        ),
+        (
+            "/run/berth/containers/db",
+            format!("\"/run/berth/containers/db\" {runtime}"),
+        ),
+        ("/run/berth/esp", format!("\"/run/berth/esp\" {esp}")),
+        (
+            "/run/berth/esp/loader",
+            format!("\"/run/berth/esp/loader\" {esp}"),
+        ),
+    ] {
+        assert_eq!(
+            err(&mounting(source)),
+            format!("line 4: containers[0].mounts[0].source: {expect}"),
+            "{source}"
+        );
+    }
+    // Trees that contain Berth's state: the first protected one they contain is named.
+    for (source, inner) in [("/var", "/var/lib/berth"), ("/run", "/run/berth/esp")] {
+        let e = err(&mounting(source));
+        assert!(
+            e.contains(&format!("{source:?} contains {inner}, which"))
+                && e.ends_with("would hand it the node"),
+            "{source}: {e}"
+        );
+    }
+    // Outside /var, /etc and /run: refused as before.
+    for source in ["/usr", "/home", "/varx", "/etc"] {
+        assert!(
+            err(&mounting(source)).ends_with("is outside /var, /etc and /run"),
+            "{source}"
+        );
+    }
+}
+
+#[test]
+fn denormalised_paths_into_berth_state_are_refused() {
+    for source in [
+        "/var/lib/x/../berth",
+        "/var/lib/./berth",
+        "/var//lib/berth",
+        "/var/lib/berth/",
+        "/var/data/../../run/berth/esp",
+        "/run/./berth",
+        "var/lib/berth",
+    ] {
+        let e = err(&mounting(source));
+        assert!(
+            e.starts_with("line 4: containers[0].mounts[0].source: ")
+                && (e.contains("must not contain") || e.contains("must be an absolute path")),
+            "{source}: {e}"
+        );
+    }
+}
+
+#[test]
+fn ordinary_mount_sources_stay_allowed() {
+    for source in [
+        "/var/data",
+        "/var/lib/postgres",
+        "/var/lib/berthx",
+        "/var/lib/berth-other",
+        "/var/log/nginx",
+        "/var/log/berthold",
+        "/etc/ssl/certs",
+        "/etc/resolv.conf",
+        "/run/app.sock",
+        "/run/berthd",
+    ] {
+        let c = parse(&mounting(source)).unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert_eq!(c.containers[0].mounts[0].source, source);
+    }
+}
+
+#[test]
+fn system_services_may_bind_rendered_files_but_not_berth_state() {
+    let svc = |source: &str| {
+        format!("name = \"ntpd\"\nimage = \"ntpd\"\nmounts = [{{ source = {source:?}, target = \"/m\" }}]\n")
+    };
+    // What the shipped ntpd service binds: allowed for a service, not for a workload.
+    parse_service(&svc("/run/berth/ntpd.conf")).unwrap();
+    let e = parse_workload(&svc("/run/berth/ntpd.conf"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(
+            "line 3: mounts[0].source: \"/run/berth/ntpd.conf\" holds Berth's runtime state"
+        ),
+        "{e}"
+    );
+    for source in [
+        "/run/berth",
+        "/run",
+        "/run/berth/esp",
+        "/run/berth/esp/EFI",
+        "/var/lib/berth/images",
+        "/var/log/berth",
+        "/var",
+    ] {
+        let e = parse_service(&svc(source)).unwrap_err().to_string();
+        assert!(e.ends_with("would hand it the node"), "{source}: {e}");
+    }
+    parse_workload(&svc("/var/data")).unwrap();
+}
+
+#[test]
+fn volume_names_cannot_leave_the_volumes_directory() {
+    for name in [
+        "..",
+        ".",
+        "../berth",
+        "a/b",
+        "a/../../images",
+        "",
+        "A",
+        "-x",
+        "a.b",
+    ] {
+        let text = format!(
+            "[[containers]]\nname = \"a\"\nimage = \"x\"\nvolumes = [{{ name = {name:?}, target = \"/d\" }}]\n"
+        );
+        assert_eq!(
+            err(&text),
+            format!("line 4: containers[0].volumes[0].name: invalid volume name {name:?}"),
+        );
+        // The same rule for `osctl run --volume` (a workload definition).
+        let def = format!(
+            "name = \"a\"\nimage = \"x\"\nvolumes = [{{ name = {name:?}, target = \"/d\" }}]\n"
+        );
+        assert!(parse_workload(&def).is_err(), "{name}");
+    }
+    let c = parse("[[containers]]\nname = \"a\"\nimage = \"x\"\nvolumes = [{ name = \"pg-data-1\", target = \"/d\" }]\n").unwrap();
+    assert_eq!(
+        c.containers[0].volumes[0].host_path(),
+        std::path::Path::new("/var/lib/berth/volumes/pg-data-1")
+    );
+}

@@ -2,7 +2,7 @@
 //! dependency cycles, ...). Every finding carries its key path and, with the text, its line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path};
+use std::path::Path;
 
 use crate::error::{ConfigError, KeyPath, Locator};
 use crate::render::{sysctl_path, valid_domain, valid_hostname};
@@ -45,10 +45,8 @@ fn normal_abs(p: &str) -> Result<(), &'static str> {
     if p.contains("//") || (p.len() > 1 && p.ends_with('/')) {
         return Err("must not contain empty components or a trailing '/'");
     }
-    if Path::new(p)
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    // Not `Path::components`: it drops a `.` in the middle (`/var/lib/./berth`).
+    if p.split('/').any(|c| c == "." || c == "..") {
         return Err("must not contain '.' or '..'");
     }
     if p.bytes().any(|b| b == 0 || b == b'\n') {
@@ -130,7 +128,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
     let cpath = root.key("containers");
     let mut seen = BTreeMap::new();
     for (i, s) in c.containers.iter().enumerate() {
-        container(s, &cpath.index(i), cx);
+        container(s, &cpath.index(i), Origin::Workload, cx);
         if let Some(first) = seen.insert(s.name.as_str(), i) {
             cx.err(
                 cpath.index(i).key("name"),
@@ -484,8 +482,58 @@ pub fn valid_capability(cap: &str) -> bool {
     CAPS.contains(&bare)
 }
 
+/// Who wrote a container definition: decides which host paths its mounts may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A system service shipped in the verified root image (`/usr/lib/berth/services`):
+    /// it may bind files sysd renders for it under `/run/berth` (e.g. ntpd.conf).
+    System,
+    /// A workload: the machine config's `[[containers]]` or an `osctl run` request.
+    Workload,
+}
+
+/// Host trees that hold Berth's own state, with what a container would get from them.
+/// The ESP comes before `/run/berth` so that it is named as itself.
+const PROTECTED: [(&str, &str); 4] = [
+    (
+        "/run/berth/esp",
+        "is the EFI system partition (boot loader, kernels, boot entries)",
+    ),
+    (
+        "/run/berth",
+        "holds Berth's runtime state (the API socket, container state, the ESP)",
+    ),
+    (
+        "/var/lib/berth",
+        "holds Berth's own state (content store, credentials, other containers' data)",
+    ),
+    ("/var/log/berth", "holds every container's logs"),
+];
+
+/// Why `source` (a normal absolute path, see [`normal_abs`]) must not be bound into a
+/// container, or `None` when it may. A source is refused when it is one of the
+/// [`PROTECTED`] trees, lies below one, or contains one (`/var`, `/run`, `/var/lib`).
+/// System services may bind files below `/run/berth` (not the directory itself, not the
+/// ESP): sysd renders their configuration there.
+fn protected_source(source: &str, origin: Origin) -> Option<String> {
+    const HANDS_OVER: &str = "mounting it into a container would hand it the node";
+    for (root, what) in PROTECTED {
+        let below = under(source, &[root]);
+        if origin == Origin::System && below && root == "/run/berth" {
+            continue;
+        }
+        if source == root || below {
+            return Some(format!("{source:?} {what}: {HANDS_OVER}"));
+        }
+    }
+    PROTECTED.iter().find_map(|(root, what)| {
+        under(root, &[source])
+            .then(|| format!("{source:?} contains {root}, which {what}: {HANDS_OVER}"))
+    })
+}
+
 /// Validates one container definition found at `p`.
-pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, cx: &mut Ctx<'_>) {
+pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, origin: Origin, cx: &mut Ctx<'_>) {
     if !valid_name(&s.name) {
         cx.err(
             p.key("name"),
@@ -525,6 +573,8 @@ pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, cx: &mut Ctx<'_>) {
         let mp = p.key("mounts").index(i);
         if let Err(why) = normal_abs(&m.source) {
             cx.err(mp.key("source"), format!("{:?} {why}", m.source));
+        } else if let Some(why) = protected_source(&m.source, origin) {
+            cx.err(mp.key("source"), why);
         } else if !under(&m.source, &["/var", "/etc", "/run"]) {
             cx.err(
                 mp.key("source"),
