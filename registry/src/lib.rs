@@ -30,7 +30,7 @@ pub use manifest::{Descriptor, ImageConfig, ImageIndex, ImageManifest, Manifest,
 pub use progress::{Progress, ProgressEvent};
 pub use reference::Reference;
 pub use store::{GcStats, Image, PullOptions, Store, StoreError};
-pub use unpack::{DevicePolicy, UnpackError, UnpackOptions};
+pub use unpack::{DevicePolicy, LimitKind, UnpackError, UnpackLimits, UnpackOptions};
 
 /// Fuzz entry point: manifest, index and config parsing must never panic.
 pub fn fuzz_manifest(data: &[u8]) {
@@ -54,6 +54,7 @@ pub fn fuzz_manifest(data: &[u8]) {
 
 /// Fuzz entry point: unpack arbitrary bytes (compression detected from magic numbers)
 /// into a temporary directory. Never panics, and nothing may appear outside the layer.
+/// Small limits keep a bomb the fuzzer finds from filling the disk, and exercise them.
 pub fn fuzz_unpack(data: &[u8]) {
     let Ok(dir) = tempfile::tempdir() else { return };
     let layer = dir.path().join("layer");
@@ -61,7 +62,15 @@ pub fn fuzz_unpack(data: &[u8]) {
         return;
     }
     let c = unpack::detect_compression(data);
-    let _ = unpack::unpack(&mut &data[..], c, &layer, &UnpackOptions::default());
+    let opts = UnpackOptions {
+        limits: UnpackLimits {
+            max_bytes: 64 << 20,
+            max_entries: 10_000,
+            max_header_bytes: 64 << 10,
+        },
+        ..Default::default()
+    };
+    let _ = unpack::unpack(&mut &data[..], c, &layer, &opts);
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -9,9 +9,19 @@
 //! entry can never redirect a later write), hardlink targets must be inside the layer,
 //! and device nodes follow [`DevicePolicy`]. The layer directory is expected to be a
 //! fresh private directory that only this unpacker writes to.
+//!
+//! Resources: a layer is hostile input, and its compressed size (checked against the
+//! manifest while downloading) says little about what it expands to. [`UnpackLimits`]
+//! caps the decompressed tar stream, the number of entries, and the metadata the tar
+//! reader holds in memory for one entry (GNU long names, PAX records, sparse maps, all
+//! read whole by the `tar` crate). Path length and depth are bounded by the kernel
+//! (every operation goes through a full path: `ENAMETOOLONG` past `PATH_MAX`, 4096
+//! bytes, or `NAME_MAX`, 255 bytes, per component), hardlink counts by the filesystem
+//! (`EMLINK`); both fail as [`UnpackError::Io`].
 
 use crate::manifest::Compression;
 use rustix::fs::{AtFlags, FileType, Mode, Timestamps, XattrFlags, CWD};
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -19,6 +29,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Errors of this module. Each names the tar entry involved.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,16 @@ pub enum UnpackError {
         /// Its tar type.
         kind: String,
     },
+    /// The layer is larger than an [`UnpackLimits`] allows; unpacking stopped there.
+    #[error("layer is over the limit of {limit} {kind} (stopped at {reached})")]
+    Limit {
+        /// Which limit.
+        kind: LimitKind,
+        /// The limit.
+        limit: u64,
+        /// What was reached when unpacking stopped (the first value over the limit).
+        reached: u64,
+    },
     /// A filesystem operation failed.
     #[error("cannot {op} {path}")]
     Io {
@@ -73,6 +94,58 @@ pub enum DevicePolicy {
     Allow,
 }
 
+/// Which [`UnpackLimits`] a layer went over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    /// [`UnpackLimits::max_bytes`].
+    Bytes,
+    /// [`UnpackLimits::max_entries`].
+    Entries,
+    /// [`UnpackLimits::max_header_bytes`].
+    HeaderBytes,
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bytes => "decompressed bytes",
+            Self::Entries => "tar entries",
+            Self::HeaderBytes => "header bytes for one entry",
+        })
+    }
+}
+
+/// Resource caps for one layer. A layer over any of them fails with
+/// [`UnpackError::Limit`] as soon as it crosses it, without reading further.
+///
+/// The defaults are far above real images (a full distribution base layer is a few
+/// hundred MiB and some tens of thousands of entries) and only stop bombs: containerd
+/// and podman (containers/storage) put no cap on the decompressed size or entry count
+/// of a classic tar layer at all, and bound it only by the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of the decompressed tar stream (headers and padding included: what the
+    /// layer's diff_id hashes). Default 8 GiB.
+    pub max_bytes: u64,
+    /// Tar entries (files, directories, links, whiteouts, devices, each counted once).
+    /// Default 1,000,000.
+    pub max_entries: u64,
+    /// Bytes read for one entry before its data: its headers plus any GNU long name /
+    /// long link and PAX records, which the tar reader keeps in memory. Default 1 MiB
+    /// (a path is at most 4 KiB, an xattr value 64 KiB).
+    pub max_header_bytes: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 8 << 30,
+            max_entries: 1_000_000,
+            max_header_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Unpack options.
 #[derive(Clone, Debug)]
 pub struct UnpackOptions {
@@ -82,6 +155,8 @@ pub struct UnpackOptions {
     pub devices: DevicePolicy,
     /// Apply xattrs from PAX headers (`trusted.overlay.*` ones are always dropped).
     pub xattrs: bool,
+    /// Resource caps.
+    pub limits: UnpackLimits,
 }
 
 impl Default for UnpackOptions {
@@ -91,6 +166,7 @@ impl Default for UnpackOptions {
             same_owner: root,
             devices: DevicePolicy::default(),
             xattrs: true,
+            limits: UnpackLimits::default(),
         }
     }
 }
@@ -146,7 +222,12 @@ fn unpack_tar<R: Read>(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
-    let mut archive = tar::Archive::new(reader);
+    let limits = opts.limits;
+    let budget = Rc::new(Budget::new(limits));
+    let mut archive = tar::Archive::new(Metered {
+        inner: reader,
+        budget: budget.clone(),
+    });
     let mut u = Unpacker {
         root: dest.to_path_buf(),
         opts: opts.clone(),
@@ -156,10 +237,10 @@ fn unpack_tar<R: Read>(
         stats: UnpackStats::default(),
         buf: vec![0u8; 256 << 10],
     };
-    for entry in archive.entries().map_err(UnpackError::Archive)? {
-        let mut entry = entry.map_err(UnpackError::Archive)?;
-        u.entry(&mut entry)?;
-    }
+    // A read refused by the meter surfaces as whatever the tar reader made of it: the
+    // limit it crossed is the real cause.
+    u.entries(&mut archive, &budget, limits.max_entries)
+        .map_err(|e| budget.hit.take().unwrap_or(e))?;
     // Directory mtimes last: creating children changes them.
     for (path, ts) in u.dir_times.iter().rev() {
         set_times(path, *ts).map_err(|source| UnpackError::Io {
@@ -169,6 +250,74 @@ fn unpack_tar<R: Read>(
         })?;
     }
     Ok(u.stats)
+}
+
+/// What the tar reader has consumed, shared between the [`Metered`] reader under it
+/// and the entry loop above it (which says where entry headers start and end).
+struct Budget {
+    limits: UnpackLimits,
+    /// Decompressed bytes read so far.
+    read: Cell<u64>,
+    /// Where the current entry's headers began, while the reader is in them (the
+    /// tar crate reads long names and PAX records whole into memory there).
+    header_start: Cell<Option<u64>>,
+    /// The limit crossed, once one is.
+    hit: Cell<Option<UnpackError>>,
+}
+
+impl Budget {
+    fn new(limits: UnpackLimits) -> Self {
+        Self {
+            limits,
+            read: Cell::new(0),
+            header_start: Cell::new(Some(0)),
+            hit: Cell::new(None),
+        }
+    }
+}
+
+/// Counts the decompressed stream and refuses to read past a limit (it reads at most
+/// one byte over, to tell a stream that ends exactly at the limit from a longer one).
+struct Metered<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let b = &*self.budget;
+        let pos = b.read.get();
+        let max = b.limits.max_bytes;
+        let header_end = b
+            .header_start
+            .get()
+            .map_or(u64::MAX, |s| s.saturating_add(b.limits.max_header_bytes));
+        let stop = max.min(header_end);
+        let room = stop.saturating_sub(pos).saturating_add(1);
+        let want = usize::try_from(room).map_or(buf.len(), |r| r.min(buf.len()));
+        let n = self.inner.read(&mut buf[..want])?;
+        let now = pos + n as u64;
+        b.read.set(now);
+        if now <= stop {
+            return Ok(n);
+        }
+        let hit = if now > max {
+            UnpackError::Limit {
+                kind: LimitKind::Bytes,
+                limit: max,
+                reached: now,
+            }
+        } else {
+            UnpackError::Limit {
+                kind: LimitKind::HeaderBytes,
+                limit: b.limits.max_header_bytes,
+                reached: now - b.header_start.get().unwrap_or(0),
+            }
+        };
+        let msg = hit.to_string();
+        b.hit.set(Some(hit));
+        Err(io::Error::other(msg))
+    }
 }
 
 struct Unpacker {
@@ -216,6 +365,33 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Unp
 }
 
 impl Unpacker {
+    fn entries<R: Read>(
+        &mut self,
+        archive: &mut tar::Archive<Metered<R>>,
+        budget: &Budget,
+        max_entries: u64,
+    ) -> Result<(), UnpackError> {
+        let mut count = 0u64;
+        for entry in archive.entries().map_err(UnpackError::Archive)? {
+            let mut entry = entry.map_err(UnpackError::Archive)?;
+            budget.header_start.set(None);
+            count += 1;
+            if count > max_entries {
+                return Err(UnpackError::Limit {
+                    kind: LimitKind::Entries,
+                    limit: max_entries,
+                    reached: count,
+                });
+            }
+            self.entry(&mut entry)?;
+            // Data nobody read (non-file entries may carry some) counts as this entry's
+            // data, not as header bytes of the next one.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Archive)?;
+            budget.header_start.set(Some(budget.read.get()));
+        }
+        Ok(())
+    }
+
     /// Make sure every component of `rel` is a real directory inside the root, creating
     /// missing ones (0755). Refuses to go through symlinks or non-directories.
     fn ensure_dir(&mut self, rel: &Path, entry: &str, create: bool) -> Result<(), UnpackError> {
@@ -789,5 +965,151 @@ pub(crate) mod tests {
             let cut = &bytes[..bytes.len() / 2];
             assert!(unpack(&mut &cut[..], c, dir.path(), &UnpackOptions::default()).is_err());
         }
+    }
+
+    fn gnu_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_000_000);
+        h
+    }
+
+    fn limited(max_bytes: u64, max_entries: u64, max_header_bytes: u64) -> UnpackOptions {
+        UnpackOptions {
+            limits: UnpackLimits {
+                max_bytes,
+                max_entries,
+                max_header_bytes,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decompressed_size_limit_is_exact() {
+        let data = tar_of(&[("a", 'f', &"x".repeat(1000)), ("b", 'f', "y")]);
+        // Read: header + 1024 (padded data), header + 512, the first end block.
+        let read = 512 + 1024 + 512 + 512 + 512;
+        assert_eq!(
+            data.len() as u64,
+            read + 512,
+            "tar ends with two zero blocks"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        for (c, bytes) in [(Compression::None, &data), (Compression::Gzip, &gz)] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = unpack(&mut &bytes[..], c, dir.path(), &limited(read, 10, 4096)).unwrap();
+            assert_eq!(s.entries, 2);
+            let dir = tempfile::tempdir().unwrap();
+            let err =
+                unpack(&mut &bytes[..], c, dir.path(), &limited(read - 1, 10, 4096)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UnpackError::Limit {
+                        kind: LimitKind::Bytes,
+                        limit,
+                        reached,
+                    } if limit == read - 1 && reached == read
+                ),
+                "{c:?}: {err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "layer is over the limit of {} decompressed bytes (stopped at {read})",
+                    read - 1
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn entry_count_limit() {
+        let data = tar_of(&[("d/", 'd', ""), ("d/a", 'f', "1"), ("d/l", 'l', "a")]);
+        let dir = tempfile::tempdir().unwrap();
+        let s = unpack(
+            &mut &data[..],
+            Compression::None,
+            dir.path(),
+            &limited(1 << 20, 3, 4096),
+        )
+        .unwrap();
+        assert_eq!(s.entries, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(
+            &mut &data[..],
+            Compression::None,
+            dir.path(),
+            &limited(1 << 20, 2, 4096),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "layer is over the limit of 2 tar entries (stopped at 3)"
+        );
+        assert!(
+            !dir.path().join("d/l").exists(),
+            "stops before the entry over the limit"
+        );
+    }
+
+    /// A GNU long name is read whole into memory by the tar crate: the per-entry header
+    /// cap stops it while it is read, before it can grow.
+    #[test]
+    fn huge_long_name_is_cut_off_while_read() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = gnu_header(tar::EntryType::Regular, 0o644, 0);
+        let long = "a/".repeat(1 << 20) + "f"; // 2 MiB name
+        b.append_data(&mut h, &long, &[][..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(
+            &mut &data[..],
+            Compression::None,
+            dir.path(),
+            &UnpackOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::Limit {
+                    kind: LimitKind::HeaderBytes,
+                    limit: 1048576,
+                    reached: 1048577,
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Data carried by a non-file entry is entry data, not header bytes of the next one;
+    /// long names under the cap go through.
+    #[test]
+    fn header_cap_counts_only_headers() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = gnu_header(tar::EntryType::Directory, 0o755, 200_000);
+        b.append_data(&mut h, "d", &vec![0u8; 200_000][..]).unwrap();
+        let mut h = gnu_header(tar::EntryType::Regular, 0o644, 2);
+        let name = format!("d/{}", "n".repeat(250));
+        b.append_data(&mut h, &name, &b"hi"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = unpack(
+            &mut &data[..],
+            Compression::None,
+            dir.path(),
+            &limited(1 << 20, 10, 2048),
+        )
+        .unwrap();
+        assert_eq!(s.entries, 2);
+        assert_eq!(fs::read(dir.path().join(&name)).unwrap(), b"hi");
     }
 }
