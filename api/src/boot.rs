@@ -23,6 +23,14 @@ pub struct BootInfo {
     pub root_device: String,
     /// Partition the root slot lives on, e.g. `/dev/vda2`.
     pub root_partition: String,
+    /// Kernel name of the disk this boot came from (e.g. `vda`, `nvme0n1`). Stage 1 takes
+    /// the root and the state partition from this disk only, and sysd and the updater look
+    /// up the ESP and the other root slot on it only. Empty in a record from an older init.
+    pub boot_disk: String,
+    /// How stage 1 chose [`Self::boot_disk`]: `loader` (the disk holding the ESP the boot
+    /// loader reported in the EFI variable `LoaderDevicePartUUID`) or `root label` (no
+    /// such variable, e.g. a direct kernel boot: the only disk with the slot's root).
+    pub boot_disk_source: String,
     /// Partition mounted on `/var`.
     pub state_partition: String,
     /// Whether the state filesystem had been cleanly unmounted before this boot.
@@ -47,6 +55,14 @@ impl BootInfo {
     /// Parse the JSON record.
     pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(s)
+    }
+
+    /// The boot disk recorded in the boot record at `path` (normally
+    /// [`crate::BOOT_INFO_PATH`]); `None` when the record is missing, malformed or names
+    /// none. Callers pass it to [`crate::block::find_partition_on`].
+    pub fn recorded_boot_disk(path: &std::path::Path) -> Option<String> {
+        let info = Self::from_json(&std::fs::read_to_string(path).ok()?).ok()?;
+        (!info.boot_disk.is_empty()).then_some(info.boot_disk)
     }
 
     /// Serialize to JSON.
@@ -77,5 +93,26 @@ mod tests {
         let partial = BootInfo::from_json(r#"{"slot":"b"}"#).unwrap();
         assert_eq!(partial.slot, "b");
         assert_eq!(partial.boot_count, 0);
+        assert_eq!(partial.boot_disk, "");
+    }
+
+    #[test]
+    fn recorded_boot_disk() {
+        let d = std::env::temp_dir().join(format!("berth-api-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("boot.json");
+        let b = BootInfo {
+            boot_disk: "nvme0n1".into(),
+            ..Default::default()
+        };
+        std::fs::write(&p, b.to_json()).unwrap();
+        assert_eq!(BootInfo::recorded_boot_disk(&p).as_deref(), Some("nvme0n1"));
+        // An older record, a broken one, or none: no restriction can be derived.
+        std::fs::write(&p, r#"{"slot":"a"}"#).unwrap();
+        assert_eq!(BootInfo::recorded_boot_disk(&p), None);
+        std::fs::write(&p, "{").unwrap();
+        assert_eq!(BootInfo::recorded_boot_disk(&p), None);
+        assert_eq!(BootInfo::recorded_boot_disk(&d.join("missing.json")), None);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

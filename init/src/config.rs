@@ -58,8 +58,9 @@ impl Access for NodeAccess {
 }
 
 /// Load the config in force: the persisted one, or at first boot the first datasource
-/// that has one (persisted when valid).
-pub fn load(var: &Path, cmdline: &str) -> Loaded {
+/// that has one (persisted when valid). The ESP datasource is read from the ESP on
+/// `boot_disk` (the boot record's; `None`: any disk, for a record without one).
+pub fn load(var: &Path, cmdline: &str, boot_disk: Option<&str>) -> Loaded {
     let store = Store::new(var);
     match store.current() {
         Ok(Some(text)) => {
@@ -88,9 +89,10 @@ pub fn load(var: &Path, cmdline: &str) -> Loaded {
             }
         }
     }
-    let esp = crate::devices::find_partition(
+    let esp = crate::devices::find_partition_on(
         Path::new("/sys/class/block"),
         Path::new("/dev"),
+        boot_disk,
         "berth-esp",
     );
     let roots = Roots {

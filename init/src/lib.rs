@@ -3,8 +3,10 @@
 //! One binary, two stages (see `docs/ARCHITECTURE.md`):
 //!
 //! * **stage 1** runs as `/init` in the initramfs: mounts devtmpfs/proc/sys, loads the kernel
-//!   modules listed by the image builder, finds the partitions by PARTLABEL, opens the slot's
-//!   root through dm-verity, mounts it read-only, mounts (and if needed recreates) the state
+//!   modules listed by the image builder, decides the boot disk (the one holding the ESP the
+//!   boot loader names, else the only disk with the slot's root), finds the partitions by
+//!   PARTLABEL on that disk only, opens the slot's root through dm-verity (a root without
+//!   `berth.verity` boots only with the `dev-unverified-root` feature), mounts it read-only, mounts (and if needed recreates) the state
 //!   partition on `/var`, prepares `/run` and the `/etc` overlay, and switches root;
 //! * **stage 2** runs as PID 1 on the real root: finishes the mounts, sets up cgroup v2,
 //!   starts and supervises `sysd`, reaps zombies, and turns signals and the power button into
@@ -18,6 +20,7 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod disk;
+pub mod efi;
 pub mod ext4;
 pub mod modules;
 pub mod mounts;

@@ -2,7 +2,7 @@
 
 use crate::cmdline::{self, BootArgs};
 use crate::console::{self, phase};
-use crate::{devices, disk, ext4, modules, mounts, sys, verity};
+use crate::{devices, disk, efi, ext4, modules, mounts, sys, verity};
 use berth_api::{BootInfo, Phase};
 use rustix::mount::MountFlags;
 use std::io::Write;
@@ -70,34 +70,53 @@ pub fn run() -> ! {
 
     let root_label = args.slot.root_partlabel();
     let sys_block = Path::new("/sys/class/block");
-    let found = devices::wait_for(
-        &[root_label],
+    let loader_esp = loader_esp(&mut info);
+    let boot = match devices::wait_for_boot_disk(
+        sys_block,
+        Path::new("/dev"),
+        loader_esp.as_ref(),
+        root_label,
         args.root_wait,
         Duration::from_secs(3),
-        |missing| {
+        || {
             console::info(&format!(
-                "waiting up to {} s for partition {} (slow disks such as USB take a while); \
-                 block devices so far: {}",
+                "waiting up to {} s for partition {root_label}{} (slow disks such as USB take \
+                 a while); block devices so far: {}",
                 args.root_wait.as_secs(),
-                missing.join(", "),
+                match &loader_esp {
+                    Some(u) => format!(" on the disk holding the boot loader's ESP {u}"),
+                    None => String::new(),
+                },
                 devices::describe_block_devices(sys_block)
             ))
         },
-    );
-    let Some(root) = found[0].clone() else {
-        fatal(&format!(
-            "root partition {root_label} (slot {}) not found after {} s (berth.rootwait=); \
-             block devices seen: {}. Is the disk's driver in the image's module list?",
-            info.slot,
-            args.root_wait.as_secs(),
-            devices::describe_block_devices(sys_block)
-        ))
+    ) {
+        Ok(b) => b,
+        Err(e) => fatal(&format!("slot {}: {e}", info.slot)),
     };
+    if boot.source == devices::BootDiskSource::RootLabelLoaderEspMissing {
+        let w = format!(
+            "the ESP the boot loader started from ({}) is on no disk seen; took {} as the boot \
+             disk, the only disk with {root_label}",
+            loader_esp.map(|u| u.to_string()).unwrap_or_default(),
+            boot.disk
+        );
+        console::warn(&w);
+        info.warnings.push(w);
+    }
+    console::info(&format!(
+        "boot disk {} ({}); every partition is taken from it",
+        boot.disk,
+        boot.source.as_str()
+    ));
+    info.boot_disk = boot.disk.clone();
+    info.boot_disk_source = boot.source.as_str().to_string();
+    let root = boot.root.clone();
     info.root_partition = root.dev.display().to_string();
     mount_root(&args, &root, &mut info);
     record(&mut info, "root");
 
-    let (state_part, table_action) = state_partition(&root, &mut info);
+    let (state_part, table_action) = state_partition(&boot.disk, &mut info);
     mount_state(state_part.as_ref(), &mut info);
     if let Some(a) = table_action {
         info.state_action = format!("{a}; {}", info.state_action);
@@ -129,8 +148,12 @@ pub fn run() -> ! {
 
 fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
     let part = root.dev.display().to_string();
-    let dev = match &args.verity {
-        Some(v) => match verity::open(&part, args.slot.as_str(), v) {
+    let source = match verity::root_source(args.verity.as_ref(), verity::ALLOW_UNVERIFIED_ROOT) {
+        Ok(s) => s,
+        Err(e) => fatal(&e.to_string()),
+    };
+    let dev = match source {
+        verity::RootSource::Verified(v) => match verity::open(&part, args.slot.as_str(), v) {
             Ok(d) => {
                 info.verity_root_hash = v.root_hash.clone();
                 d
@@ -140,8 +163,10 @@ fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
                 info.slot
             )),
         },
-        None => {
-            let w = "no berth.verity on the command line: the root is NOT verified".to_string();
+        verity::RootSource::Unverified => {
+            let w = "no berth.verity on the command line: the root is NOT verified \
+                     (development build, feature dev-unverified-root)"
+                .to_string();
             console::warn(&w);
             info.warnings.push(w);
             part.clone()
@@ -173,19 +198,72 @@ fn mount_root(args: &BootArgs, root: &devices::Partition, info: &mut BootInfo) {
     }
 }
 
-/// Find the state partition on the root's disk, recreating it when it is missing and
+/// The ESP's partition UUID from the boot loader (`LoaderDevicePartUUID`), reading the
+/// variable through a short-lived read-only efivarfs mount (stage 2 mounts it for good).
+/// `None` without UEFI or without the variable (a direct kernel boot).
+fn loader_esp(info: &mut BootInfo) -> Option<uuid::Uuid> {
+    if !Path::new("/sys/firmware/efi").exists() {
+        return None;
+    }
+    let vars = Path::new(efi::EFIVARS);
+    let m = mounts::Mount {
+        source: "efivarfs".into(),
+        target: vars.into(),
+        fstype: "efivarfs".into(),
+        flags: MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        data: String::new(),
+    };
+    let mounted = match mounts::mount(&m) {
+        Ok(()) => true,
+        // Already mounted (by the kernel or a previous attempt): read it where it is.
+        Err(e) if e.cause.raw_os_error() == Some(16) => false,
+        Err(e) => {
+            let w = format!(
+                "{e}: {}; the boot disk is chosen without the boot loader's help",
+                e.cause
+            );
+            console::warn(&w);
+            info.warnings.push(w);
+            return None;
+        }
+    };
+    let r = efi::loader_partuuid(vars);
+    if mounted {
+        if let Err(e) = rustix::mount::unmount(vars, rustix::mount::UnmountFlags::empty()) {
+            console::warn(&format!("unmounting {}: {e}", vars.display()));
+        }
+    }
+    match r {
+        Ok(u) => u,
+        Err(e) => {
+            let w = format!("{e}; the boot disk is chosen without the boot loader's help");
+            console::warn(&w);
+            info.warnings.push(w);
+            None
+        }
+    }
+}
+
+/// Find the state partition on the boot disk, recreating it when it is missing and
 /// growing it to the end of the disk when there is room. Returns the partition and what
-/// was done to the partition table.
+/// was done to the partition table. A `berth-state` on any other disk is never used.
 fn state_partition(
-    root: &devices::Partition,
+    disk_name: &str,
     info: &mut BootInfo,
 ) -> (Option<devices::Partition>, Option<String>) {
     let sys_block = Path::new("/sys/class/block");
-    let existing = devices::find_partition(sys_block, Path::new("/dev"), STATE_LABEL);
-    let Some(disk_name) = devices::parent_disk(sys_block, &root.name) else {
-        return (existing, None);
+    let dev_root = Path::new("/dev");
+    let existing = match devices::label_on_disk(sys_block, dev_root, disk_name, STATE_LABEL) {
+        Ok(p) => p,
+        Err(e) => {
+            // Two on our own disk: a broken table, not another disk. Keep the first.
+            let w = format!("{e}; using the first");
+            console::warn(&w);
+            info.warnings.push(w);
+            devices::find_partition_on(sys_block, dev_root, Some(disk_name), STATE_LABEL)
+        }
     };
-    let disk_dev = Path::new("/dev").join(&disk_name);
+    let disk_dev = Path::new("/dev").join(disk_name);
     let change = match disk::ensure_state(&disk_dev) {
         Ok(c) => c,
         Err(e) => {
@@ -226,7 +304,7 @@ fn state_partition(
                 console::warn(&format!("telling the kernel about the new partition: {e}"));
             }
             // BLKPG carries no partition name: address the new partition by number.
-            let name = devices::partition_name(&disk_name, number);
+            let name = devices::partition_name(disk_name, number);
             let dev = Path::new("/dev").join(&name);
             let start_wait = std::time::Instant::now();
             while !dev.exists() && start_wait.elapsed() < Duration::from_secs(5) {

@@ -113,7 +113,8 @@ fn apply_config(info: &mut BootInfo) {
         Err(e) => console::warn(&format!("config: cannot check the config trial: {e}")),
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let loaded = config::load(Path::new("/var"), &cmdline);
+    let boot_disk = (!info.boot_disk.is_empty()).then_some(info.boot_disk.as_str());
+    let loaded = config::load(Path::new("/var"), &cmdline, boot_disk);
     if let Some(e) = &loaded.error {
         for l in e.lines() {
             console::line(&format!("berth: CONFIG ERROR: {l}"));

@@ -24,6 +24,40 @@ pub fn sectors(v: &VerityArgs) -> u64 {
     v.data_blocks * (BLOCK_SIZE / 512)
 }
 
+/// Whether this build boots a root that the command line gives no `berth.verity` for:
+/// only with the cargo feature `dev-unverified-root` (off by default, development only).
+pub const ALLOW_UNVERIFIED_ROOT: bool = cfg!(feature = "dev-unverified-root");
+
+/// How the root slot is to be mounted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootSource<'a> {
+    /// Through dm-verity with these parameters.
+    Verified(&'a VerityArgs),
+    /// The partition itself (a development build booting a command line without verity).
+    Unverified,
+}
+
+/// A command line without `berth.verity`, in a build that boots only a verified root.
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "the command line has no berth.verity root hash; this release build boots only a \
+     verified root (build with --features dev-unverified-root for development)"
+)]
+pub struct UnverifiedRootRefused;
+
+/// Decide how to mount the root: verified whenever the command line has `berth.verity`;
+/// without it, unverified only when `allow_unverified` (normally [`ALLOW_UNVERIFIED_ROOT`]).
+pub fn root_source(
+    verity: Option<&VerityArgs>,
+    allow_unverified: bool,
+) -> Result<RootSource<'_>, UnverifiedRootRefused> {
+    match (verity, allow_unverified) {
+        (Some(v), _) => Ok(RootSource::Verified(v)),
+        (None, true) => Ok(RootSource::Unverified),
+        (None, false) => Err(UnverifiedRootRefused),
+    }
+}
+
 /// Open the verity device `berth-root` for a slot and return its node (`/dev/dm-N`).
 pub fn open(dev: &str, slot: &str, v: &VerityArgs) -> std::io::Result<String> {
     let name = format!("berth-root-{slot}");
@@ -51,5 +85,34 @@ mod tests {
             )
         );
         assert_eq!(sectors(&v), 800);
+    }
+
+    #[test]
+    fn a_root_without_verity_boots_only_in_a_dev_build() {
+        let v = VerityArgs {
+            root_hash: "ab".repeat(32),
+            salt: "00".into(),
+            data_blocks: 1,
+        };
+        assert_eq!(root_source(Some(&v), false), Ok(RootSource::Verified(&v)));
+        assert_eq!(root_source(Some(&v), true), Ok(RootSource::Verified(&v)));
+        assert_eq!(root_source(None, true), Ok(RootSource::Unverified));
+        let e = root_source(None, false).unwrap_err();
+        assert_eq!(
+            format!("berth: FATAL: {e}"),
+            "berth: FATAL: the command line has no berth.verity root hash; this release build \
+             boots only a verified root (build with --features dev-unverified-root for \
+             development)"
+        );
+    }
+
+    /// The default build (what `make image` ships) refuses an unverified root.
+    #[cfg(not(feature = "dev-unverified-root"))]
+    #[test]
+    fn the_default_build_refuses_an_unverified_root() {
+        assert_eq!(
+            root_source(None, ALLOW_UNVERIFIED_ROOT),
+            Err(UnverifiedRootRefused)
+        );
     }
 }
