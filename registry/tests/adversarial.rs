@@ -5,9 +5,12 @@
 mod common;
 
 use berth_registry::manifest::{
-    Descriptor, ImageManifest, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
+    Descriptor, ImageManifest, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST,
 };
-use berth_registry::{Digest, Platform, ProgressEvent, PullOptions, Reference, Store, StoreError};
+use berth_registry::{
+    ClientError, Digest, LimitKind, Platform, ProgressEvent, PullOptions, Reference, Store,
+    StoreError, UnpackError, UnpackLimits, UnpackOptions,
+};
 use common::*;
 use std::fs;
 use std::io::Write;
@@ -51,6 +54,12 @@ fn layer(items: &[(&str, char, &str)]) -> Vec<u8> {
 
 /// Push an image made of these gzip layers with Berth's client; returns the reference.
 async fn push_image(reg: &Registry, repo: &str, layers: &[Vec<u8>]) -> Reference {
+    let typed: Vec<_> = layers.iter().map(|l| (OCI_LAYER_GZIP, l.clone())).collect();
+    push_typed(reg, repo, &typed).await
+}
+
+/// Push an image made of these (media type, blob) layers; returns the reference.
+async fn push_typed(reg: &Registry, repo: &str, layers: &[(&str, Vec<u8>)]) -> Reference {
     let c = insecure_client();
     let r = Reference::parse(&format!("{}/{repo}:t", reg.host())).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -61,7 +70,7 @@ async fn push_image(reg: &Registry, repo: &str, layers: &[Vec<u8>]) -> Reference
     )
     .unwrap();
     let blobs: Vec<(&str, &[u8])> = std::iter::once((OCI_CONFIG, &config[..]))
-        .chain(layers.iter().map(|l| (OCI_LAYER_GZIP, &l[..])))
+        .chain(layers.iter().map(|(mt, l)| (*mt, &l[..])))
         .collect();
     for (mt, data) in blobs {
         let d = Descriptor::new(mt, Digest::of(data), data.len() as u64);
@@ -288,4 +297,205 @@ async fn disk_full_leaves_store_consistent() {
         "{msg}"
     );
     consistent.unwrap();
+}
+
+/// A tar from (path, data) regular files and (path/) directories, written with the
+/// tar crate's builder (GNU long names for long paths).
+fn tar_of(items: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in items {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        if path.ends_with('/') {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+        } else {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+        }
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+fn small_limits(max_bytes: u64, max_entries: u64) -> PullOptions {
+    PullOptions {
+        unpack_options: UnpackOptions {
+            limits: UnpackLimits {
+                max_bytes,
+                max_entries,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Gzip and zstd bombs (64 MiB of zeros in a few KiB) and a tar of 10,001 empty files,
+/// pulled with a 16 MiB / 10,000-entry cap: refused with the limit and the digest
+/// named, nothing left behind, and the same store then pulls a good image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decompression_bombs_and_entry_floods_are_refused() {
+    let reg = Registry::start("");
+    const CAP: u64 = 16 << 20;
+    // The bomb's first entry is a deep directory chain (1,500 levels, a GNU long name),
+    // so the cleanup of the partial layer has to remove a deep tree too.
+    let deep = "d/".repeat(1500);
+    let bomb_tar = tar_of(&[(deep, Vec::new()), ("zeros".into(), vec![0u8; 64 << 20])]);
+    let gz_bomb = gzip(&bomb_tar);
+    let zst_bomb = zstd::encode_all(&bomb_tar[..], 19).unwrap();
+    let flood: Vec<_> = (0..10_001)
+        .map(|i| (format!("f/{i}"), Vec::new()))
+        .collect();
+    let flood_tar = tar_of(&flood);
+    let flood = gzip(&flood_tar);
+    eprintln!(
+        "bomb: {} tar bytes as {} gzip / {} zstd bytes; flood: {} tar bytes as {} gzip bytes",
+        bomb_tar.len(),
+        gz_bomb.len(),
+        zst_bomb.len(),
+        flood_tar.len(),
+        flood.len()
+    );
+    assert!(gz_bomb.len() < 128 << 10 && zst_bomb.len() < 16 << 10);
+    let good = gzip(&tar_of(&[("ok".into(), b"fine".to_vec())]));
+    let good_ref = push_image(&reg, "good", std::slice::from_ref(&good)).await;
+
+    let w = tempfile::tempdir().unwrap();
+    let store = Store::open(w.path().join("store")).unwrap();
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, LimitKind, u64, String);
+    let cases: Vec<Case> = vec![
+        (
+            "gzbomb",
+            OCI_LAYER_GZIP,
+            gz_bomb,
+            LimitKind::Bytes,
+            CAP,
+            format!(
+                "over the limit of {CAP} decompressed bytes (stopped at {})",
+                CAP + 1
+            ),
+        ),
+        (
+            "zstbomb",
+            OCI_LAYER_ZSTD,
+            zst_bomb,
+            LimitKind::Bytes,
+            CAP,
+            format!(
+                "over the limit of {CAP} decompressed bytes (stopped at {})",
+                CAP + 1
+            ),
+        ),
+        (
+            "flood",
+            OCI_LAYER_GZIP,
+            flood,
+            LimitKind::Entries,
+            10_000,
+            "over the limit of 10000 tar entries (stopped at 10001)".into(),
+        ),
+    ];
+    for (repo, mt, blob, kind, cap, text) in cases {
+        let bad = Digest::of(&blob);
+        // A good layer first, so the failed pull also had something to keep.
+        let r = push_typed(&reg, repo, &[(OCI_LAYER_GZIP, good.clone()), (mt, blob)]).await;
+        let started = std::time::Instant::now();
+        let err = store
+            .pull(&insecure_client(), &r, &small_limits(CAP, 10_000))
+            .await
+            .unwrap_err();
+        eprintln!("{repo}: refused in {:?}", started.elapsed());
+        let msg = chain(&err);
+        match &err {
+            StoreError::Unpack {
+                digest,
+                source:
+                    UnpackError::Limit {
+                        kind: k,
+                        limit,
+                        reached,
+                    },
+            } => {
+                assert_eq!(digest, &bad, "{repo}");
+                assert_eq!((*k, *limit, *reached), (kind, cap, cap + 1), "{repo}");
+            }
+            e => panic!("{repo}: not a limit error: {e:?}"),
+        }
+        assert!(
+            msg.starts_with(&format!(
+                "layer {bad} could not be unpacked and was discarded: layer is {text}"
+            )),
+            "{repo}: {msg}"
+        );
+        // Nothing of the bad layer, no temp file or partial directory, no ref; the
+        // store root holds only the store.
+        assert_consistent(w.path(), &store, &r, &bad);
+    }
+    // The store is still usable: a good image pulls and unpacks.
+    let img = store
+        .pull(&insecure_client(), &good_ref, &small_limits(CAP, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(img.layers[0].join("ok")).unwrap(),
+        "fine"
+    );
+    let layer_dirs = fs::read_dir(store.root().join("layers/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(layer_dirs, 1, "only the good layer is unpacked");
+}
+
+/// A registry that sends more bytes than the manifest's descriptor says is cut off
+/// (client.rs `pump_blob` checks every chunk against the descriptor size) and nothing
+/// of the blob is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_blob_is_cut_off() {
+    let reg = Registry::start("");
+    let l = layer(&[("a", 'f', "hello")]);
+    let ld = Digest::of(&l);
+    let r = push_image(&reg, "oversized", std::slice::from_ref(&l)).await;
+    // The registry now serves the blob with 8 MiB of extra bytes after it.
+    let data = reg.blob_data(ld.hex());
+    let mut b = fs::read(&data).unwrap();
+    b.extend(std::iter::repeat_n(0u8, 8 << 20));
+    fs::write(&data, &b).unwrap();
+    let w = tempfile::tempdir().unwrap();
+    let store = Store::open(w.path().join("store")).unwrap();
+    let err = pull(&store, &r).await.unwrap_err();
+    let msg = chain(&err);
+    let got = match &err {
+        StoreError::Registry {
+            source:
+                ClientError::SizeMismatch {
+                    digest,
+                    expected,
+                    got,
+                    ..
+                },
+            ..
+        } => {
+            assert_eq!((digest, *expected), (&ld, l.len() as u64));
+            *got
+        }
+        e => panic!("not a size mismatch: {e:?}"),
+    };
+    assert!(
+        got > l.len() as u64 && got < l.len() as u64 + (1 << 20),
+        "cut off within the first chunks over the size, got {got}"
+    );
+    assert!(msg.contains("wrong size"), "{msg}");
+    assert_consistent(w.path(), &store, &r, &ld);
 }
