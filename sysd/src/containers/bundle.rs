@@ -109,8 +109,15 @@ fn capability(name: &str, cap: &str) -> Result<Capability, BundleError> {
     })
 }
 
+/// A bind mount of a host path. Always `nodev` and `nosuid`: what a container is given of
+/// the host (its binds, volumes and the host-network files) can neither open a device
+/// node nor run a setuid program found there, whatever a container with write access put
+/// in it.
 fn bind(source: &Path, target: &str, ro: bool) -> Result<Mount, String> {
-    let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+    let mut opts: Vec<String> = ["rbind", "rprivate", "nodev", "nosuid"]
+        .into_iter()
+        .map(String::from)
+        .collect();
     if ro {
         opts.push("ro".into());
     }
@@ -350,9 +357,18 @@ mod tests {
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid));
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Cgroup));
         let m = s.mounts().clone().unwrap();
-        assert!(m
-            .iter()
-            .any(|m| m.destination() == Path::new("/etc/resolv.conf")));
+        for f in HOST_NET_FILES {
+            let b = m
+                .iter()
+                .find(|m| m.destination() == Path::new(f))
+                .unwrap_or_else(|| panic!("{f} is not mounted"));
+            assert_eq!(b.source().as_deref(), Some(Path::new(f)));
+            assert_eq!(
+                opts(b),
+                ["rbind", "rprivate", "nodev", "nosuid", "ro"],
+                "{f}"
+            );
+        }
         let s = build(
             &def("name = \"n\"\nimage = \"admin\"\nnetwork = \"none\"\n"),
             &inputs(&img),
@@ -397,9 +413,61 @@ mod tests {
             .contains(&Capability::SysAdmin));
         assert_eq!(p.no_new_privileges(), Some(true));
         let m = s.mounts().clone().unwrap();
-        assert!(m.iter().any(|m| m.destination() == Path::new("/data")
-            && m.source().as_deref() == Some(Path::new("/var/lib/berth/volumes/data"))));
+        let v = m
+            .iter()
+            .find(|m| m.destination() == Path::new("/data"))
+            .expect("the volume is mounted");
+        assert_eq!(
+            v.source().as_deref(),
+            Some(Path::new("/var/lib/berth/volumes/data"))
+        );
+        assert_eq!(opts(v), ["rbind", "rprivate", "nodev", "nosuid"]);
         assert!(s.linux().as_ref().unwrap().seccomp().is_some());
+    }
+
+    fn opts(m: &Mount) -> Vec<String> {
+        m.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn binds_are_nodev_and_nosuid_read_only_when_asked() {
+        let img = image(r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]}}"#);
+        let d = def(
+            "name = \"b\"\nimage = \"admin\"\nnetwork = \"none\"\nmounts = [{ source = \"/var/data\", target = \"/data\" }, { source = \"/etc/ssl/certs\", target = \"/certs\", read_only = true }]\n",
+        );
+        let s = build(&d, &inputs(&img)).unwrap();
+        let m = s.mounts().clone().unwrap();
+        let find = |t: &str| {
+            m.iter()
+                .find(|m| m.destination() == Path::new(t))
+                .unwrap_or_else(|| panic!("{t} is not mounted"))
+        };
+        assert_eq!(find("/data").typ().as_deref(), Some("bind"));
+        assert_eq!(
+            find("/data").source().as_deref(),
+            Some(Path::new("/var/data"))
+        );
+        assert_eq!(
+            opts(find("/data")),
+            ["rbind", "rprivate", "nodev", "nosuid"]
+        );
+        assert_eq!(
+            opts(find("/certs")),
+            ["rbind", "rprivate", "nodev", "nosuid", "ro"]
+        );
+        // network = "none": no host files.
+        assert!(!m
+            .iter()
+            .any(|m| m.destination() == Path::new("/etc/resolv.conf")));
+        // Every bind in the spec, the profile's included, is nodev and nosuid.
+        for b in m.iter().filter(|m| m.typ().as_deref() == Some("bind")) {
+            let o = opts(b);
+            assert!(
+                o.iter().any(|o| o == "nodev") && o.iter().any(|o| o == "nosuid"),
+                "{:?}: {o:?}",
+                b.destination()
+            );
+        }
     }
 
     #[test]

@@ -183,6 +183,14 @@ fn update(sh: &Shared, name: &str, f: impl FnOnce(&mut Entry)) {
 /// Reads the service definitions in `dir` (`*.toml`, sorted). Bad files are reported and
 /// skipped, so one broken definition cannot keep the others down.
 pub fn load_services(dir: &Path) -> (Vec<ContainerSpec>, Vec<String>) {
+    load_definitions(dir, berth_config::parse_service)
+}
+
+/// [`load_services`] with `parse` deciding the rules (workloads may bind less of the host).
+fn load_definitions(
+    dir: &Path,
+    parse: fn(&str) -> Result<ContainerSpec, berth_config::Errors>,
+) -> (Vec<ContainerSpec>, Vec<String>) {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
@@ -200,7 +208,7 @@ pub fn load_services(dir: &Path) -> (Vec<ContainerSpec>, Vec<String>) {
     files.sort();
     for p in files {
         match fs::read_to_string(&p) {
-            Ok(t) => match berth_config::parse_service(&t) {
+            Ok(t) => match parse(&t) {
                 Ok(s) => out.push(s),
                 Err(e) => errors.push(format!("{}: {e}", p.display())),
             },
@@ -420,7 +428,7 @@ impl Manager {
 
     /// Definitions of `osctl run` workloads kept on the state partition.
     pub fn saved_workloads(&self) -> (Vec<ContainerSpec>, Vec<String>) {
-        load_services(&self.sh.paths.workloads)
+        load_definitions(&self.sh.paths.workloads, berth_config::parse_workload)
     }
 
     /// Register `specs` and start them (in dependency order; independent ones in
@@ -1064,7 +1072,7 @@ pub fn run_spec(req: &RunRequest) -> Result<ContainerSpec, String> {
         t.insert("restart".into(), r.into());
     }
     let text = toml::to_string(&t).map_err(|e| e.to_string())?;
-    berth_config::parse_service(&text).map_err(|e| e.to_string())
+    berth_config::parse_workload(&text).map_err(|e| e.to_string())
 }
 
 // ----- one container's life -----
@@ -1605,11 +1613,15 @@ fn create_and_start(
     let _ = unmount(&rootfs);
     let opts = berth_registry::rootfs::overlay_options(image, Some((&upper, &work)))
         .map_err(|e| error_chain(&e))?;
+    // nodev: a device node in an image or written to the upper dir opens nothing of the
+    // host's. Not nosuid: images may carry setuid binaries (su, ping), and
+    // no_new_privileges in every container's profile already keeps them from gaining
+    // anything.
     nix::mount::mount(
         Some("overlay"),
         &rootfs,
         Some("overlay"),
-        nix::mount::MsFlags::empty(),
+        nix::mount::MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .map_err(|e| {
@@ -1950,6 +1962,38 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("KEY=VALUE"), "{e}");
+        // `osctl run -v NAME:/path`: a volume name cannot leave /var/lib/berth/volumes.
+        for v in ["../images:/x", "..:/x", "a/../../images:/x", ".:/x"] {
+            let e = run_spec(&RunRequest {
+                image: "admin".into(),
+                volumes: vec![v.into()],
+                ..Default::default()
+            })
+            .unwrap_err();
+            let name = v.split_once(':').unwrap().0;
+            assert!(
+                e.ends_with(&format!("invalid volume name {name:?}")),
+                "{v}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn saved_workloads_may_not_bind_what_services_may() {
+        // A workload definition on the state partition is checked like `osctl run`: the
+        // file sysd renders for ntpd is a system service's to bind, not a workload's.
+        let d = tempfile::tempdir().unwrap();
+        let def = "name = \"w\"\nimage = \"admin\"\nmounts = [{ source = \"/run/berth/ntpd.conf\", target = \"/c\" }]\n";
+        fs::write(d.path().join("w.toml"), def).unwrap();
+        let (ok, bad) = load_services(d.path());
+        assert_eq!(ok.len(), 1, "{bad:?}");
+        let (ok, bad) = load_definitions(d.path(), berth_config::parse_workload);
+        assert!(ok.is_empty());
+        assert!(
+            bad[0]
+                .contains("mounts[0].source: \"/run/berth/ntpd.conf\" holds Berth's runtime state"),
+            "{bad:?}"
+        );
     }
 
     #[test]
