@@ -9,6 +9,7 @@
 //! [`crate::maybe_run_init`]). The runtime talks to them over a unix stream
 //! socket with length-prefixed JSON [`Msg`]s.
 
+use crate::mountfd;
 use crate::plan::{CapsPlan, DevicePlan, MountKind, MountPlan, Plan, ProcessPlan};
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
@@ -383,8 +384,12 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
         None::<&str>,
     )
     .ctx(|| format!("root.path: bind mounting {}", rootfs.display()))?;
+    // The mounts are made by fd below this handle of the bound rootfs.
+    let root_fd = mountfd::open_root(rootfs)
+        .map_err(io::Error::from)
+        .ctx(|| "root.path: opening the rootfs".into())?;
     for (i, m) in plan.mounts.iter().enumerate() {
-        do_mount(rootfs, m, new_user).ctx(|| {
+        do_mount(root_fd.as_fd(), m, new_user).ctx(|| {
             format!(
                 "mounts[{i}]: mounting {} on {}",
                 m.fstype,
@@ -392,6 +397,7 @@ fn stage2(init: &InitPlan, sock: &mut UnixStream, host_pid: i32) -> Result<Never
             )
         })?;
     }
+    drop(root_fd);
     for (i, d) in plan.devices.iter().enumerate() {
         create_device(rootfs, d, new_user)
             .ctx(|| format!("linux.devices[{i}]: creating {}", d.path.display()))?;
@@ -815,10 +821,6 @@ pub fn secure_join(root: &Path, unsafe_path: &Path) -> PathBuf {
     root.join(cur)
 }
 
-fn ensure_dir(p: &Path) -> io::Result<()> {
-    fs::create_dir_all(p)
-}
-
 fn ensure_file(p: &Path) -> io::Result<()> {
     if let Some(parent) = p.parent() {
         fs::create_dir_all(parent)?;
@@ -834,99 +836,101 @@ fn ensure_file(p: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn do_mount(rootfs: &Path, m: &MountPlan, in_userns: bool) -> io::Result<()> {
-    let dest = secure_join(rootfs, &m.destination);
+/// Makes one spec mount. Every path is resolved once into a file descriptor
+/// and the mount acts on that descriptor (see [`crate::mountfd`]): the bind
+/// source refusing symlinks, the destination inside the rootfs `root`.
+fn do_mount(root: BorrowedFd<'_>, m: &MountPlan, in_userns: bool) -> io::Result<()> {
     let flags = MsFlags::from_bits_retain(m.flags);
-    match &m.kind {
+    let dest = &m.destination;
+    let mounted = match &m.kind {
         MountKind::Bind { recursive } => {
-            let src = m.source.as_deref().unwrap_or(Path::new(""));
-            if fs::metadata(src)?.is_dir() {
-                ensure_dir(&dest)?;
+            let src_path = m.source.as_deref().unwrap_or(Path::new(""));
+            let src = mountfd::open_source(src_path)?;
+            let create = if mountfd::is_dir(src.as_fd(), src_path)? {
+                mountfd::Create::Dir
             } else {
-                ensure_file(&dest)?;
-            }
-            let mut bflags = MsFlags::MS_BIND;
-            if *recursive {
-                bflags |= MsFlags::MS_REC;
-            }
-            mount(Some(src), &dest, None::<&str>, bflags, None::<&str>)?;
+                mountfd::Create::File
+            };
+            let target = mountfd::open_in_root(root, dest, create)?;
+            let mounted = mountfd::bind(
+                src.as_fd(),
+                src_path,
+                &target,
+                *recursive,
+                mountfd::Api::Auto,
+            )?;
             let extra = flags & !(MsFlags::MS_REMOUNT);
             if !extra.is_empty() {
-                let rflags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | locked_flags(&dest);
-                mount(None::<&str>, &dest, None::<&str>, rflags, None::<&str>)?;
+                let rflags = MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | extra
+                    | locked_flags(mounted.proc_path());
+                mounted.remount(rflags)?;
             }
+            mounted
         }
         MountKind::Fs => {
-            ensure_dir(&dest)?;
+            let target = mountfd::open_in_root(root, dest, mountfd::Create::Dir)?;
             let src = m
                 .source
                 .as_deref()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(&m.fstype));
             let data = (!m.data.is_empty()).then_some(m.data.as_str());
-            let r = mount(Some(&src), &dest, Some(m.fstype.as_str()), flags, data);
-            match r {
-                Ok(()) => {}
-                Err(nix::errno::Errno::EPERM) if m.fstype == "sysfs" && in_userns => {
-                    // sysfs needs a net namespace owned by the user namespace.
-                    mount(
-                        Some("/sys"),
-                        &dest,
-                        None::<&str>,
-                        MsFlags::MS_BIND | MsFlags::MS_REC,
-                        None::<&str>,
-                    )?;
-                }
-                Err(nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL)
-                    if m.fstype == "mqueue" && in_userns =>
+            match mountfd::mount_fs(&src, &target, &m.fstype, flags, data) {
+                Ok(mounted) => mounted,
+                Err(e)
+                    if e.mount_errno() == Some(libc::EPERM) && m.fstype == "sysfs" && in_userns =>
                 {
-                    mount(
-                        Some("/dev/mqueue"),
-                        &dest,
-                        None::<&str>,
-                        MsFlags::MS_BIND | MsFlags::MS_REC,
-                        None::<&str>,
-                    )?;
+                    // sysfs needs a net namespace owned by the user namespace.
+                    bind_host(Path::new("/sys"), &target)?
+                }
+                Err(e)
+                    if matches!(e.mount_errno(), Some(libc::EPERM | libc::EINVAL))
+                        && m.fstype == "mqueue"
+                        && in_userns =>
+                {
+                    bind_host(Path::new("/dev/mqueue"), &target)?
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         MountKind::Cgroup => {
-            ensure_dir(&dest)?;
-            if mount(Some("cgroup2"), &dest, Some("cgroup2"), flags, None::<&str>).is_err() {
-                let host = crate::cgroup::find_root().map_err(io::Error::other)?;
-                mount(
-                    Some(&host),
-                    &dest,
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )?;
-                if flags.contains(MsFlags::MS_RDONLY) {
-                    mount(
-                        None::<&str>,
-                        &dest,
-                        None::<&str>,
-                        MsFlags::MS_BIND
-                            | MsFlags::MS_REMOUNT
-                            | MsFlags::MS_RDONLY
-                            | locked_flags(&dest),
-                        None::<&str>,
-                    )?;
+            let target = mountfd::open_in_root(root, dest, mountfd::Create::Dir)?;
+            match mountfd::mount_fs(Path::new("cgroup2"), &target, "cgroup2", flags, None) {
+                Ok(mounted) => mounted,
+                Err(_) => {
+                    let host = crate::cgroup::find_root().map_err(io::Error::other)?;
+                    let mounted = bind_host(&host, &target)?;
+                    if flags.contains(MsFlags::MS_RDONLY) {
+                        mounted.remount(
+                            MsFlags::MS_BIND
+                                | MsFlags::MS_REMOUNT
+                                | MsFlags::MS_RDONLY
+                                | locked_flags(mounted.proc_path()),
+                        )?;
+                    }
+                    mounted
                 }
             }
         }
-    }
+    };
     for p in &m.propagation {
-        mount(
-            None::<&str>,
-            &dest,
-            None::<&str>,
-            MsFlags::from_bits_retain(*p),
-            None::<&str>,
-        )?;
+        mounted.set_propagation(MsFlags::from_bits_retain(*p))?;
     }
     Ok(())
+}
+
+/// Recursive bind of a host path (a fallback source) onto `target`.
+fn bind_host(src_path: &Path, target: &mountfd::Target) -> io::Result<mountfd::Mounted> {
+    let src = mountfd::open_source(src_path)?;
+    Ok(mountfd::bind(
+        src.as_fd(),
+        src_path,
+        target,
+        true,
+        mountfd::Api::Auto,
+    )?)
 }
 
 /// Unescapes a mountinfo path field (`\040` for a space and so on).

@@ -77,6 +77,7 @@ pub mod cgroup;
 pub mod devices;
 pub mod hooks;
 pub mod init;
+pub mod mountfd;
 pub mod plan;
 pub mod profile;
 mod runtime;
