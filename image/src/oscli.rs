@@ -35,6 +35,12 @@ pub enum OsCommand {
         /// Private key (PEM).
         #[arg(long)]
         key: PathBuf,
+        /// Repository the signature names (registry host[:port]/path), when nodes reach
+        /// the registry under another name than REF's (cosign's
+        /// --sign-container-identity); nodes accept a signature only for the repository
+        /// of their update.source. Default: REF's repository.
+        #[arg(long)]
+        identity: Option<String>,
         /// Repository and tag.
         reference: String,
         #[command(flatten)]
@@ -170,12 +176,13 @@ async fn run_async(cmd: OsCommand) -> anyhow::Result<()> {
         }
         OsCommand::Sign {
             key,
+            identity,
             reference: r,
             registry,
         } => {
             let r = reference(&r)?;
             let client = berth_registry::cli::client(&registry)?;
-            let (d, sig) = signing::sign(&client, &r, &key).await?;
+            let (d, sig) = signing::sign(&client, &r, &key, identity.as_deref()).await?;
             println!("signed {}@{d}\n  signature {sig}", r);
         }
         OsCommand::Verify {

@@ -85,16 +85,18 @@ pub async fn top_digest(client: &Client, r: &Reference) -> Result<Digest, Signin
     Ok(d)
 }
 
-/// Sign what `r` points at with the private key in `key`. Returns (signed digest,
-/// signature reference).
+/// Sign what `r` points at with the private key in `key`, for the repository `identity`
+/// (default: `r`'s). Returns (signed digest, signature reference).
 pub async fn sign(
     client: &Client,
     r: &Reference,
     key: &Path,
+    identity: Option<&str>,
 ) -> Result<(Digest, Reference), SigningError> {
     let sk = signature::private_key_from_pem(&read(key)?, &key.display().to_string())?;
     let d = top_digest(client, r).await?;
-    let sig = signature::sign(client, r, &d, &sk).await?;
+    let identity = identity.map_or_else(|| signature::identity(r), str::to_string);
+    let sig = signature::sign_as(client, r, &d, &sk, &identity).await?;
     Ok((d, sig))
 }
 

@@ -638,6 +638,144 @@ async fn apply_refusals_resume_bless_rollback_fallback() {
     assert_eq!(out.entry, "berth-00000005-a+3.conf");
 }
 
+/// A signature by the trusted key for another repository (the image and its signature
+/// re-hosted) is refused naming both repositories; once v2 was installed, a v1.5 offered
+/// after a rollback to v1 is below the version floor and refused; both change nothing.
+/// v2 offered again passes the floor; allow-downgrade installs v1.5 without lowering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_identity_and_version_floor_refused() {
+    let reg = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let c = client();
+    let (sk, pk) = keypair();
+    let keys = [pk.clone()];
+    let v2 = fake_build(work.path(), "0.2.0", "x86_64", 512);
+    let v15 = fake_build(work.path(), "0.1.5", "x86_64", 512);
+    let stable = reg.reference("berth/os:stable");
+    let mirror = reg.reference("berth/mirror:stable");
+    let p2 = publish_build(&c, &stable, &v2).await;
+    let m2 = publish_build(&c, &mirror, &v2).await;
+    assert_eq!(p2.index_digest, m2.index_digest);
+    signature::sign(&c, &stable, &p2.index_digest, &sk)
+        .await
+        .unwrap();
+    // The same signature, made for berth/os, placed in berth/mirror.
+    signature::sign_as(
+        &c,
+        &mirror,
+        &m2.index_digest,
+        &sk,
+        &signature::identity(&stable),
+    )
+    .await
+    .unwrap();
+
+    let node = Node::new();
+    let state = node.dir.path().join("state");
+    let floor_file = berth_updater::state::VersionFloor::path(&state);
+    let snapshot = |n: &Node| (n.esp_files(), n.slot_digest(Slot::B, 8 << 20));
+
+    let from_mirror = node.updater(Slot::A, "0.1.0", "x86_64", &keys, &mirror);
+    let before = snapshot(&node);
+    let e = from_mirror
+        .apply(None, &ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            UpdateError::Signature(SignatureError::WrongIdentity { .. })
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    let (os_repo, mirror_repo) = (
+        format!("127.0.0.1:{}/berth/os", reg.port),
+        format!("127.0.0.1:{}/berth/mirror", reg.port),
+    );
+    assert!(
+        msg.contains(&format!(
+            "for the repository {os_repo}, not for {mirror_repo}"
+        )),
+        "{msg}"
+    );
+    assert!(from_mirror.check(None).await.is_err());
+    assert_eq!(snapshot(&node), before, "foreign identity changed the node");
+    assert!(!floor_file.exists());
+
+    // v2 from the right repository installs on B and raises the floor.
+    let up = node.updater(Slot::A, "0.1.0", "x86_64", &keys, &stable);
+    let out = up.apply(None, &ApplyOptions::default()).await.unwrap();
+    assert_eq!(out.entry, "berth-00000002-b+3.conf");
+    assert_eq!(up.status().unwrap().version_floor.unwrap().version, "0.2.0");
+    // Booted, blessed, rolled back to v1 on A.
+    let on_b = node.updater(Slot::B, "0.2.0", "x86_64", &keys, &stable);
+    assert!(matches!(on_b.bless().unwrap(), Blessed::Blessed { .. }));
+    assert_eq!(on_b.rollback(false).unwrap().file, "berth-00000003-a.conf");
+    let on_a = node.updater(Slot::A, "0.1.0", "x86_64", &keys, &stable);
+
+    // v1.5, signed by the trusted key for this repository: newer than the running v1 but
+    // below the floor.
+    let p15 = publish_build(&c, &stable, &v15).await;
+    signature::sign(&c, &stable, &p15.index_digest, &sk)
+        .await
+        .unwrap();
+    let floor_before = fs::read(&floor_file).unwrap();
+    let before = snapshot(&node);
+    let chk = on_a.check(None).await.unwrap();
+    assert_eq!(chk.version, "0.1.5");
+    assert!(
+        chk.newer && chk.below_floor && !chk.update_available,
+        "{chk:?}"
+    );
+    assert_eq!(chk.version_floor.as_deref(), Some("0.2.0"));
+    let e = on_a
+        .apply(None, &ApplyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, UpdateError::BelowFloor { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("version floor 0.2.0") && msg.contains("allow-downgrade"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&node), before, "below-floor changed the node");
+    assert_eq!(fs::read(&floor_file).unwrap(), floor_before);
+    assert_eq!(
+        node.entries(),
+        ["berth-00000002-b.conf", "berth-00000003-a.conf"]
+    );
+
+    // v2 offered again: at the floor, allowed (it is still on B, so nothing to do).
+    let again = publish_build(&c, &stable, &v2).await;
+    signature::sign(&c, &stable, &again.index_digest, &sk)
+        .await
+        .unwrap();
+    let out = on_a.apply(None, &ApplyOptions::default()).await.unwrap();
+    assert!(out.already_installed && out.version == "0.2.0", "{out:?}");
+
+    // An explicit downgrade installs v1.5; the floor stays at 0.2.0.
+    let p15 = publish_build(&c, &stable, &v15).await;
+    signature::sign(&c, &stable, &p15.index_digest, &sk)
+        .await
+        .unwrap();
+    let out = on_a
+        .apply(
+            None,
+            &ApplyOptions {
+                allow_downgrade: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.version.as_str(), out.slot), ("0.1.5", Slot::B));
+    assert_eq!(
+        on_a.status().unwrap().version_floor.unwrap().version,
+        "0.2.0"
+    );
+}
+
 async fn chk_root_digest(c: &Client, r: &Reference) -> Digest {
     let os = berth_updater::artifact::resolve(c, r, "x86_64")
         .await
@@ -718,6 +856,17 @@ fn cli_publish_sign_verify_inspect() {
         "--insecure",
     ]);
     assert!(ok && out.contains("verified"), "{out}");
+    // --identity names the repository as the nodes see it; a bare name is refused.
+    let (ok, out) = run(&[
+        "sign",
+        "--key",
+        work.path().join("berth.key").to_str().unwrap(),
+        "--identity",
+        "berth/os",
+        &r,
+        "--insecure",
+    ]);
+    assert!(!ok && out.contains("is not a repository"), "{out}");
     let (ok, out) = run(&[
         "verify",
         "--key",

@@ -71,10 +71,14 @@ fn publish(reg: &LocalRegistry, build: &Path, repo_tag: &str) -> String {
     out
 }
 
+/// Sign for the repository as the guest names it (`update.source`): a signature names
+/// its repository, and the guest reaches the registry as GUEST_REGISTRY.
 fn sign(reg: &LocalRegistry, key_prefix: &Path, repo_tag: &str) {
     let r = format!("{}/berth/{repo_tag}", reg.host());
+    let repo = repo_tag.split(':').next().unwrap_or(repo_tag);
     sh(image_tool()
         .args(["sign", "--insecure", "--key", &with_ext(key_prefix, "key")])
+        .arg(format!("--identity={GUEST_REGISTRY}/berth/{repo}"))
         .arg(&r));
 }
 
