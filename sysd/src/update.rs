@@ -34,6 +34,7 @@ fn esp_device() -> Result<PathBuf, String> {
     berth_updater::find_partition(
         Path::new("/sys/class/block"),
         Path::new("/dev"),
+        berth_api::BootInfo::recorded_boot_disk(Path::new(berth_api::BOOT_INFO_PATH)).as_deref(),
         "berth-esp",
     )
     .ok_or_else(|| "no partition labelled berth-esp".to_string())
@@ -105,8 +106,15 @@ pub fn updater(config: &Config) -> Result<Updater, String> {
         trusted_keys,
         state_dir: STATE_DIR.into(),
         esp: ESP_MOUNT.into(),
-        slots: SlotDevices::find(Path::new("/sys/class/block"), Path::new("/dev"))
-            .ok_or("no berth-root-a/berth-root-b partitions: this node cannot be updated")?,
+        slots: SlotDevices::find(
+            Path::new("/sys/class/block"),
+            Path::new("/dev"),
+            berth_api::BootInfo::recorded_boot_disk(Path::new(berth_api::BOOT_INFO_PATH))
+                .as_deref(),
+        )
+        .ok_or(
+            "no berth-root-a/berth-root-b partitions on the boot disk: this node cannot be updated",
+        )?,
         running: Running::detect(
             Path::new(berth_api::BOOT_INFO_PATH),
             Path::new(berth_api::OS_RELEASE_PATH),

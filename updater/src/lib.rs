@@ -19,8 +19,12 @@
 //!     state_dir: "/var/lib/berth/update".into(),
 //!     // The caller mounts the ESP (vfat) here first; any directory works.
 //!     esp: "/run/berth/esp".into(),
-//!     slots: SlotDevices::find(Path::new("/sys/class/block"), Path::new("/dev"))
-//!         .ok_or("no berth-root-a/b partitions")?,
+//!     slots: SlotDevices::find(
+//!         Path::new("/sys/class/block"),
+//!         Path::new("/dev"),
+//!         berth_api::BootInfo::recorded_boot_disk(Path::new(berth_api::BOOT_INFO_PATH)).as_deref(),
+//!     )
+//!     .ok_or("no berth-root-a/b partitions")?,
 //!     running: Running::detect(
 //!         Path::new(berth_api::BOOT_INFO_PATH),
 //!         Path::new("/usr/lib/berth/os-release"),

@@ -120,21 +120,26 @@ impl SlotDevices {
         }
     }
 
-    /// Find both by GPT PARTLABEL ([`find_partition`]). Normally `/sys/class/block` and
-    /// `/dev`.
-    pub fn find(sys_class_block: &Path, dev_root: &Path) -> Option<Self> {
+    /// Find both by GPT PARTLABEL ([`find_partition`]) on the boot disk `disk` (normally
+    /// `/sys/class/block`, `/dev` and [`berth_api::BootInfo::recorded_boot_disk`]).
+    pub fn find(sys_class_block: &Path, dev_root: &Path, disk: Option<&str>) -> Option<Self> {
         Some(Self {
-            a: find_partition(sys_class_block, dev_root, Slot::A.partlabel())?,
-            b: find_partition(sys_class_block, dev_root, Slot::B.partlabel())?,
+            a: find_partition(sys_class_block, dev_root, disk, Slot::A.partlabel())?,
+            b: find_partition(sys_class_block, dev_root, disk, Slot::B.partlabel())?,
         })
     }
 }
 
 /// The device node of the partition with GPT PARTLABEL `label` (`PARTNAME=` in
-/// `<sys_class_block>/*/uevent`, as stage 1 looks it up), under `dev_root`. The first by
-/// name when several carry the label.
-pub fn find_partition(sys_class_block: &Path, dev_root: &Path, label: &str) -> Option<PathBuf> {
-    berth_api::block::find_partition(sys_class_block, dev_root, label).map(|p| p.dev)
+/// `<sys_class_block>/*/uevent`, as stage 1 looks it up), under `dev_root`, on the whole
+/// disk `disk` (the boot disk; `None`: any disk, the first by name).
+pub fn find_partition(
+    sys_class_block: &Path,
+    dev_root: &Path,
+    disk: Option<&str>,
+    label: &str,
+) -> Option<PathBuf> {
+    berth_api::block::find_partition_on(sys_class_block, dev_root, disk, label).map(|p| p.dev)
 }
 
 /// Load trusted keys: every `*.pub` in `dir` (normally `/usr/lib/berth/keys`) plus the PEM
@@ -206,7 +211,7 @@ mod tests {
             }
             std::fs::write(sys.join(n).join("uevent"), t).unwrap();
         }
-        let s = SlotDevices::find(&sys, Path::new("/dev")).unwrap();
+        let s = SlotDevices::find(&sys, Path::new("/dev"), None).unwrap();
         assert_eq!(s.a, Path::new("/dev/vda2"));
         assert_eq!(s.get(Slot::B), Path::new("/dev/vda3"));
     }
