@@ -189,7 +189,8 @@ enum UpdateCmd {
         /// Repository:tag to install from instead of update.source.
         #[arg(long)]
         source: Option<String>,
-        /// Install even when the version is not newer than the running one.
+        /// Install even when the version is not newer than the running one, or is below
+        /// the version floor (the highest version this node ever installed).
         #[arg(long)]
         allow_downgrade: bool,
         /// Install even when the version failed to boot healthy before.
