@@ -452,6 +452,95 @@ pub fn default_seccomp() -> LinuxSeccomp {
     serde_json::from_value(json).unwrap_or_default()
 }
 
+/// The system calls Docker's default profile allows only when a capability
+/// beyond the default set is granted (Docker's `includes.caps` groups, for
+/// x86_64 and arm64). Without these, a capability added to a container would
+/// be granted and still refused by the filter.
+pub const CAP_SYSCALLS: &[(Capability, &[&str])] = &[
+    (
+        Capability::SysAdmin,
+        &[
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    (Capability::SysBoot, &["reboot"]),
+    (
+        Capability::SysModule,
+        &["delete_module", "init_module", "finit_module"],
+    ),
+    (Capability::SysPacct, &["acct"]),
+    (
+        Capability::SysPtrace,
+        &["kcmp", "pidfd_getfd", "process_madvise"],
+    ),
+    (Capability::SysRawio, &["iopl", "ioperm"]),
+    (
+        Capability::SysTime,
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    (Capability::SysTtyConfig, &["vhangup"]),
+    (
+        Capability::SysNice,
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    (Capability::Syslog, &["syslog"]),
+    (Capability::Bpf, &["bpf"]),
+    (Capability::Perfmon, &["perf_event_open"]),
+    (Capability::DacReadSearch, &["open_by_handle_at"]),
+];
+
+/// Docker's default seccomp profile for [`DEFAULT_CAPS`] plus `extra`: the
+/// capability-conditional system calls of every extra capability are allowed,
+/// and with `CAP_SYS_ADMIN` `clone` may create namespaces, as in Docker.
+pub fn seccomp_for(extra: &[Capability]) -> LinuxSeccomp {
+    let mut s = default_seccomp();
+    let mut names: Vec<String> = Vec::new();
+    for (cap, calls) in CAP_SYSCALLS {
+        if extra.contains(cap) {
+            names.extend(calls.iter().map(|c| c.to_string()));
+        }
+    }
+    names.sort();
+    names.dedup();
+    let mut syscalls = s.syscalls().clone().unwrap_or_default();
+    if extra.contains(&Capability::SysAdmin) {
+        names.push("clone".into());
+    }
+    if !names.is_empty() {
+        let rule = serde_json::json!({ "names": names, "action": "SCMP_ACT_ALLOW" });
+        if let Ok(r) = serde_json::from_value(rule) {
+            syscalls.push(r);
+        }
+    }
+    s.set_syscalls(Some(syscalls));
+    s
+}
+
 /// Applies the default profile to `spec` in place: capabilities (all five
 /// sets: bounding, effective, permitted = Docker's set; inheritable and
 /// ambient empty), `noNewPrivileges`, seccomp, masked and read-only paths,
@@ -567,6 +656,37 @@ mod tests {
             .find(|m| m.destination() == std::path::Path::new("/sys"))
             .unwrap();
         assert!(sys.options().as_ref().unwrap().iter().any(|o| o == "ro"));
+    }
+
+    #[test]
+    fn extra_capabilities_open_their_system_calls() {
+        let names = |s: &LinuxSeccomp| -> Vec<String> {
+            s.syscalls()
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
+                .filter(|r| r.args().as_ref().map(|a| a.is_empty()).unwrap_or(true))
+                .flat_map(|r| r.names().clone())
+                .collect()
+        };
+        let base = names(&seccomp_for(&[]));
+        assert!(!base.contains(&"mount".to_string()));
+        assert_eq!(names(&default_seccomp()), base);
+        let admin = names(&seccomp_for(&[Capability::SysAdmin, Capability::NetAdmin]));
+        for c in ["mount", "umount2", "unshare", "setns", "clone"] {
+            assert!(admin.contains(&c.to_string()), "{c}");
+        }
+        assert!(!admin.contains(&"init_module".to_string()));
+        assert!(!admin.contains(&"reboot".to_string()));
+        let time = names(&seccomp_for(&[Capability::SysTime]));
+        assert!(time.contains(&"clock_settime".to_string()));
+        assert!(!time.contains(&"mount".to_string()));
+        // io_uring stays ENOSYS whatever is granted.
+        let all: Vec<Capability> = CAP_SYSCALLS.iter().map(|(c, _)| *c).collect();
+        assert!(!names(&seccomp_for(&all))
+            .iter()
+            .any(|n| n.starts_with("io_uring")));
     }
 
     #[test]
