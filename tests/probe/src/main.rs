@@ -260,7 +260,7 @@ fn main() {
             Some(abs) => connect_abstract(abs),
             None => sys::connect_unix(name),
         };
-        r.result(&format!("api:socket {name}"), res, "connected");
+        r.result(&format!("api:socket={name}"), res, "connected");
     }
 
     println!("PROBES DONE {}", r.count);
