@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::busybox;
+
 const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
 
 /// A cgroup under the cgroup2 mount, removed on drop.
@@ -126,16 +129,6 @@ fn filter_on_a_real_cgroup_denies_what_no_rule_allows() {
         );
     }
     assert!(!tmp.path().join("m").exists());
-}
-
-fn busybox() -> PathBuf {
-    for p in ["/usr/bin/busybox", "/bin/busybox"] {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("busybox not found: install the Debian package busybox-static");
 }
 
 /// A busybox bundle (config from oci-spec's default, like `runc spec`).

@@ -16,9 +16,12 @@
 //! `InitPlan::Exec` this test sees attaches; with it, none.
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::busybox;
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
 
@@ -112,16 +115,6 @@ int main(int argc, char **argv) {
     }
 }
 "#;
-
-fn busybox() -> PathBuf {
-    for p in ["/usr/bin/busybox", "/bin/busybox"] {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("busybox not found: install the Debian package busybox-static");
-}
 
 /// Builds the tracer as a static binary at `out`.
 fn build_tracer(work: &Path, out: &Path) {

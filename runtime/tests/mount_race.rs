@@ -17,17 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
+mod common;
+use common::busybox;
 
-fn busybox() -> PathBuf {
-    for p in ["/usr/bin/busybox", "/bin/busybox"] {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("busybox not found: install the Debian package busybox-static");
-}
+const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
 
 fn tempdir_755() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

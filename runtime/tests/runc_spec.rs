@@ -8,17 +8,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
+mod common;
+use common::busybox;
 
-fn busybox() -> PathBuf {
-    for p in ["/usr/bin/busybox", "/bin/busybox"] {
-        let p = PathBuf::from(p);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("busybox not found: install the Debian package busybox-static");
-}
+const BIN: &str = env!("CARGO_BIN_EXE_berth-runtime");
 
 fn tool(name: &str) -> PathBuf {
     for d in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
