@@ -140,6 +140,9 @@ pub struct RunRequest {
     pub volumes: Vec<String>,
     /// `always`, `on-failure` or `never` (default `always`).
     pub restart: String,
+    /// Run in a user namespace of its own (the config's `user_namespace`). Last, so the
+    /// struct's D-Bus signature only grows at its end.
+    pub user_namespace: bool,
 }
 
 /// Output of a command run with `exec`.

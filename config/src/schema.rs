@@ -385,6 +385,11 @@ pub struct ContainerSpec {
     /// The boot counts as good only once this container is healthy.
     #[serde(default)]
     pub required_for_boot: bool,
+    /// Run in a user namespace of its own: container ids 0-65535 map to a subordinate
+    /// range of host ids that sysd allocates for this container (100000 + k*65536), so
+    /// its root is no one on the host. Default off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_namespace: bool,
 }
 
 /// A bind mount.

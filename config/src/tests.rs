@@ -410,3 +410,19 @@ fn volume_names_cannot_leave_the_volumes_directory() {
         std::path::Path::new("/var/lib/berth/volumes/pg-data-1")
     );
 }
+
+#[test]
+fn user_namespace_is_opt_in_and_round_trips() {
+    let s = parse_workload("name = \"web\"\nimage = \"x\"\n").unwrap();
+    assert!(!s.user_namespace);
+    // Off is not written out, so saved definitions stay as they were.
+    assert!(!toml::to_string(&s).unwrap().contains("user_namespace"));
+    let s = parse_workload("name = \"web\"\nimage = \"x\"\nuser_namespace = true\n").unwrap();
+    assert!(s.user_namespace);
+    let text = toml::to_string(&s).unwrap();
+    assert!(text.contains("user_namespace = true"), "{text}");
+    assert_eq!(parse_workload(&text).unwrap(), s);
+    let e =
+        parse_workload("name = \"web\"\nimage = \"x\"\nuser_namespace = \"yes\"\n").unwrap_err();
+    assert!(e.to_string().contains("user_namespace"), "{e}");
+}

@@ -92,6 +92,10 @@ enum Cmd {
         /// Restart policy: always, on-failure or never.
         #[arg(long, default_value = "always")]
         restart: String,
+        /// Run in a user namespace of its own: its root is an unprivileged id range on
+        /// the host (config key `user_namespace`).
+        #[arg(long)]
+        userns: bool,
         /// Command replacing the image's entrypoint and cmd.
         #[arg(last = true)]
         command: Vec<String>,
@@ -298,6 +302,7 @@ async fn run(cli: Cli) -> ExitCode {
             pids,
             volume,
             restart,
+            userns,
             command,
         } => {
             let req = berth_api::RunRequest {
@@ -310,6 +315,7 @@ async fn run(cli: Cli) -> ExitCode {
                 pids: pids.unwrap_or_default(),
                 volumes: volume,
                 restart,
+                user_namespace: userns,
             };
             let bar =
                 berth_osctl::progress::watch(&m, &image, matches!(cli.output, Output::Text)).await;

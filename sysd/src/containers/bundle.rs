@@ -5,9 +5,9 @@
 use berth_config::{ContainerSpec, NetworkMode};
 use berth_registry::ImageConfig;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, RootBuilder,
-    Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,8 @@ pub enum BundleError {
     BadUser { name: String, user: String },
     #[error("container {name}: unknown capability {cap:?}")]
     BadCapability { name: String, cap: String },
+    #[error("container {name}: user_namespace is set but no id range was allocated")]
+    NoIdRange { name: String },
     #[error("container {name}: cannot build the OCI spec: {msg}")]
     Spec { name: String, msg: String },
 }
@@ -138,6 +140,8 @@ pub struct Inputs<'a> {
     pub image: &'a ImageConfig,
     /// Root of named volumes (`/var/lib/berth/volumes`).
     pub volumes_dir: &'a Path,
+    /// First host id of the container's range, for `user_namespace` (see `userns`).
+    pub id_base: Option<u32>,
 }
 
 /// The OCI spec for a container: Docker-like defaults plus Berth's default security
@@ -213,6 +217,25 @@ pub fn build(spec: &ContainerSpec, inp: &Inputs) -> Result<Spec, BundleError> {
         let mut c = LinuxNamespace::default();
         c.set_typ(LinuxNamespaceType::Cgroup);
         ns.push(c);
+    }
+    // A user namespace of its own: container ids 0..SIZE are host ids base..base+SIZE.
+    if spec.user_namespace {
+        let base = inp
+            .id_base
+            .ok_or_else(|| BundleError::NoIdRange { name: name.into() })?;
+        if !ns.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+            let mut u = LinuxNamespace::default();
+            u.set_typ(LinuxNamespaceType::User);
+            ns.push(u);
+        }
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(base)
+            .size(super::userns::SIZE)
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        linux.set_uid_mappings(Some(vec![map]));
+        linux.set_gid_mappings(Some(vec![map]));
     }
     linux.set_namespaces(Some(ns));
     linux.set_cgroups_path(Some(PathBuf::from(name)));
@@ -317,7 +340,49 @@ mod tests {
             rootfs: Path::new("/var/lib/berth/containers/x/rootfs"),
             image: img,
             volumes_dir: Path::new("/var/lib/berth/volumes"),
+            id_base: None,
         }
+    }
+
+    #[test]
+    fn user_namespace_and_id_maps_only_when_asked() {
+        let img = image(r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]}}"#);
+        let has_user = |s: &Spec| {
+            s.linux()
+                .as_ref()
+                .unwrap()
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter(|n| n.typ() == LinuxNamespaceType::User)
+                .count()
+        };
+        // Off (the default): no user namespace, no maps, even with a range at hand.
+        let d = def("name = \"web\"\nimage = \"admin\"\n");
+        let mut inp = inputs(&img);
+        inp.id_base = Some(100_000);
+        let s = build(&d, &inp).unwrap();
+        assert_eq!(has_user(&s), 0);
+        let l = s.linux().as_ref().unwrap();
+        assert!(l.uid_mappings().is_none() && l.gid_mappings().is_none());
+
+        let d = def("name = \"web\"\nimage = \"admin\"\nuser_namespace = true\n");
+        inp.id_base = Some(100_000 + 2 * 65_536);
+        let s = build(&d, &inp).unwrap();
+        assert_eq!(has_user(&s), 1);
+        let v = serde_json::to_value(&s).unwrap();
+        let want = serde_json::json!([{"containerID": 0, "hostID": 231_072, "size": 65_536}]);
+        assert_eq!(v["linux"]["uidMappings"], want);
+        assert_eq!(v["linux"]["gidMappings"], want);
+        // Root inside stays root inside: the process user is the container's own id.
+        assert_eq!(v["process"]["user"]["uid"], 0);
+
+        // Asked for but no range: an error naming the container, not a root container.
+        inp.id_base = None;
+        let e = build(&d, &inp).unwrap_err();
+        assert!(matches!(e, BundleError::NoIdRange { .. }), "{e:?}");
+        assert!(e.to_string().contains("web"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod bundle;
 pub mod health;
 pub mod logs;
+pub mod userns;
 
 use crate::error_chain;
 use berth_api::{ContainerInfo, ContainerStats, ExecReply, ImageInfo, RunRequest};
@@ -54,6 +55,8 @@ pub struct Paths {
     pub services: PathBuf,
     /// Named volumes (`/var/lib/berth/volumes`).
     pub volumes: PathBuf,
+    /// Id ranges of user-namespace containers (`/var/lib/berth/userns.json`).
+    pub userns: PathBuf,
 }
 
 impl Paths {
@@ -69,6 +72,7 @@ impl Paths {
             shipped: "/usr/lib/berth/images".into(),
             services: "/usr/lib/berth/services".into(),
             volumes: berth_config::VOLUMES_DIR.into(),
+            userns: "/var/lib/berth/userns.json".into(),
         }
     }
 }
@@ -150,6 +154,8 @@ struct Shared {
     platform: Platform,
     /// Problems with the definitions, for `osctl status`.
     problems: Mutex<Vec<String>>,
+    /// Id ranges of containers with `user_namespace`.
+    userns: Mutex<userns::Allocator>,
 }
 
 /// The container manager; cheap to clone.
@@ -366,6 +372,8 @@ impl Manager {
                 }
             }
         }
+        let ids = userns::Allocator::load(&paths.userns)
+            .map_err(|e| ManagerError::Failed(error_chain(&e)))?;
         let (changed, _) = watch::channel(0);
         Ok(Manager {
             sh: Arc::new(Shared {
@@ -377,6 +385,7 @@ impl Manager {
                 paths,
                 platform: Platform::host(),
                 problems: Mutex::new(Vec::new()),
+                userns: Mutex::new(ids),
             }),
         })
     }
@@ -417,6 +426,9 @@ impl Manager {
             }
             lock(&self.sh).remove(&name);
             touch(&self.sh);
+            if !specs.iter().any(|s| s.name == name && s.user_namespace) {
+                self.release_ids(&name);
+            }
         }
         let new: Vec<(ContainerSpec, Kind)> = specs
             .into_iter()
@@ -968,7 +980,18 @@ impl Manager {
         for n in 1..=logs::KEEP {
             let _ = fs::remove_file(format!("{}.{n}", lf.path().display()));
         }
+        self.release_ids(name);
         Ok(())
+    }
+
+    /// Give back `name`'s user-namespace id range, if it has one.
+    fn release_ids(&self, name: &str) {
+        let mut ids = self.sh.userns.lock().unwrap_or_else(|e| e.into_inner());
+        match ids.release(name) {
+            Ok(true) => tracing::info!(container = %name, "user-namespace id range released"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(container = %name, "{}", error_chain(&e)),
+        }
     }
 
     /// Stop everything (sysd is shutting down): SIGTERM in reverse dependency order,
@@ -1070,6 +1093,9 @@ pub fn run_spec(req: &RunRequest) -> Result<ContainerSpec, String> {
         let mut r = toml::Table::new();
         r.insert("policy".into(), req.restart.clone().into());
         t.insert("restart".into(), r.into());
+    }
+    if req.user_namespace {
+        t.insert("user_namespace".into(), true.into());
     }
     let text = toml::to_string(&t).map_err(|e| e.to_string())?;
     berth_config::parse_workload(&text).map_err(|e| e.to_string())
@@ -1593,7 +1619,21 @@ fn create_and_start(
     // A different image than last time: start from a clean upper dir.
     let digest_file = dir.join("image-digest");
     let digest = image.digest.to_string();
-    if fs::read_to_string(&digest_file).ok().as_deref() != Some(digest.as_str()) {
+    // A user-namespace container's id range (kept across restarts and reboots).
+    let id_base = if spec.user_namespace {
+        let mut ids = sh.userns.lock().unwrap_or_else(|e| e.into_inner());
+        Some(ids.allocate(name).map_err(|e| error_chain(&e))?)
+    } else {
+        None
+    };
+    // The upper dir's files belong to the ids of the range it was written with: another
+    // range (or none) starts from a clean one too. No marker = no user namespace.
+    let ids_file = dir.join("userns-base");
+    let ids_had = fs::read_to_string(&ids_file).ok();
+    let ids_want = id_base.map(|b| b.to_string());
+    if fs::read_to_string(&digest_file).ok().as_deref() != Some(digest.as_str())
+        || ids_had != ids_want
+    {
         let _ = unmount(&rootfs);
         let _ = fs::remove_dir_all(&upper);
         let _ = fs::remove_dir_all(&work);
@@ -1602,40 +1642,43 @@ fn create_and_start(
         fs::create_dir_all(d).map_err(|e| io("cannot create", d, e))?;
     }
     fs::write(&digest_file, &digest).map_err(|e| io("cannot write", &digest_file, e))?;
+    match &ids_want {
+        Some(b) => fs::write(&ids_file, b).map_err(|e| io("cannot write", &ids_file, e))?,
+        None => {
+            let _ = fs::remove_file(&ids_file);
+        }
+    }
     for v in &spec.volumes {
         let p = sh.paths.volumes.join(&v.name);
+        let new = !p.exists();
         fs::create_dir_all(&p).map_err(|e| io("cannot create volume", &p, e))?;
+        // A volume this container creates belongs to its root.
+        if let (true, Some(b)) = (new, id_base) {
+            std::os::unix::fs::chown(&p, Some(b), Some(b))
+                .map_err(|e| io("cannot chown volume", &p, e))?;
+        }
     }
     // Leftovers of an earlier run (sysd crashed before cleaning up).
     if sh.rt.state(name).is_ok() {
         let _ = sh.rt.delete(name, true);
     }
     let _ = unmount(&rootfs);
-    let opts = berth_registry::rootfs::overlay_options(image, Some((&upper, &work)))
-        .map_err(|e| error_chain(&e))?;
-    // nodev: a device node in an image or written to the upper dir opens nothing of the
-    // host's. Not nosuid: images may carry setuid binaries (su, ping), and
-    // no_new_privileges in every container's profile already keeps them from gaining
-    // anything.
-    nix::mount::mount(
-        Some("overlay"),
-        &rootfs,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_NODEV,
-        Some(opts.as_str()),
-    )
-    .map_err(|e| {
-        format!(
-            "cannot mount the overlay rootfs at {}: {e}",
-            rootfs.display()
-        )
-    })?;
+    let lowers = berth_registry::rootfs::lower_dirs(image);
+    if lowers.is_empty() && !image.manifest.layers.is_empty() {
+        // The same check (and message) as the plain overlay's.
+        berth_registry::rootfs::overlay_options(image, None).map_err(|e| error_chain(&e))?;
+    }
+    match id_base {
+        None => mount_overlay(&lowers, &upper, &work, &rootfs)?,
+        Some(b) => mount_idmapped_overlay(&lowers, &upper, &work, &dir.join("layers"), &rootfs, b)?,
+    }
     let oci = bundle::build(
         spec,
         &bundle::Inputs {
             rootfs: &rootfs,
             image: &image.config,
             volumes_dir: &sh.paths.volumes,
+            id_base,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -1680,6 +1723,98 @@ fn create_and_start(
         return Err(format!("start: {}", error_chain(&e)));
     }
     Ok((st.pid, reader, fifo))
+}
+
+/// overlayfs `lowerdir=` (top first), `upperdir=`, `workdir=` options.
+fn overlay_opts(lowers: &[PathBuf], upper: &Path, work: &Path) -> String {
+    let esc = |p: &Path| {
+        p.to_string_lossy()
+            .replace('\\', "\\\\")
+            .replace(':', "\\:")
+            .replace(',', "\\,")
+    };
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.iter().map(|p| esc(p)).collect::<Vec<_>>().join(":"),
+        esc(upper),
+        esc(work)
+    )
+}
+
+/// Mounts the overlay rootfs of `lowers` (top first) + `upper` at `rootfs`.
+fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    rootfs: &Path,
+) -> Result<(), String> {
+    let opts = overlay_opts(lowers, upper, work);
+    // nodev: a device node in an image or written to the upper dir opens nothing of the
+    // host's. Not nosuid: images may carry setuid binaries (su, ping), and
+    // no_new_privileges in every container's profile already keeps them from gaining
+    // anything.
+    nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the overlay rootfs at {}: {e}",
+            rootfs.display()
+        )
+    })
+}
+
+/// The overlay rootfs of a user-namespace container whose ids start at host id `base`:
+/// each shared layer (owned by the host's ids) is bind-mounted idmapped under
+/// `layers/<n>` so that its id `n` is host id `base + n`, overlayfs is mounted over those
+/// (it keeps private clones of its layers), and the binds are detached again. `upper`
+/// (the container's writes, copy-ups included) is owned by `base`, the container's root.
+pub fn mount_idmapped_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    layers: &Path,
+    rootfs: &Path,
+    base: u32,
+) -> Result<(), String> {
+    let io = |what: &str, p: &Path, e: io::Error| format!("{what} {}: {e}", p.display());
+    std::os::unix::fs::chown(upper, Some(base), Some(base))
+        .map_err(|e| io("cannot chown", upper, e))?;
+    let ns = crate::sys::userns_fd(base, userns::SIZE)
+        .map_err(|e| format!("cannot create a user namespace for ids {base}+: {e}"))?;
+    detach_layers(layers);
+    let mut mapped = Vec::new();
+    let result = (|| {
+        for (i, l) in lowers.iter().enumerate() {
+            let m = layers.join(i.to_string());
+            fs::create_dir_all(&m).map_err(|e| io("cannot create", &m, e))?;
+            crate::sys::idmapped_bind(l, &m, std::os::fd::AsFd::as_fd(&ns)).map_err(|e| {
+                format!(
+                    "cannot make an idmapped mount of layer {} (needs Linux 5.12 and \
+                     idmapped-mount support in its filesystem): {e}",
+                    l.display()
+                )
+            })?;
+            mapped.push(m);
+        }
+        mount_overlay(&mapped, upper, work, rootfs)
+    })();
+    detach_layers(layers);
+    result
+}
+
+/// Detaches the idmapped layer binds under `layers` (left by a crash, or no longer
+/// needed once the overlay holds its own clones).
+fn detach_layers(layers: &Path) {
+    if let Ok(rd) = fs::read_dir(layers) {
+        for e in rd.flatten() {
+            while unmount(&e.path()).is_ok() {}
+        }
+    }
 }
 
 /// Starts `argv` in container `name` for an exec session; blocking. With a terminal, the
@@ -1948,6 +2083,14 @@ mod tests {
         assert_eq!(ok.limits.memory.unwrap().bytes(), 64 << 20);
         assert_eq!(ok.limits.pids, Some(32));
         assert_eq!(ok.restart.policy, RestartPolicy::OnFailure);
+        assert!(!ok.user_namespace);
+        let u = run_spec(&RunRequest {
+            image: "admin".into(),
+            user_namespace: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(u.user_namespace);
         let e = run_spec(&RunRequest {
             name: "Bad_Name".into(),
             image: "admin".into(),
@@ -2010,5 +2153,76 @@ mod tests {
         assert_eq!(ok.len(), 1);
         assert_eq!(bad.len(), 1);
         assert!(bad[0].contains("b.toml"), "{bad:?}");
+    }
+
+    fn uid_of(p: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .uid()
+    }
+
+    /// Privileged (root, Linux >= 5.19, a filesystem with idmapped mounts: ext4 here).
+    #[test]
+    fn idmapped_overlay_shows_layers_shifted_and_leaves_no_binds() {
+        use std::os::unix::fs::chown;
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("layer");
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        fs::write(layer.join("etc/root-file"), "layer\n").unwrap();
+        fs::write(layer.join("etc/user-file"), "layer\n").unwrap();
+        chown(layer.join("etc/user-file"), Some(1000), Some(1000)).unwrap();
+        let c = d.path().join("c");
+        let (upper, work, layers, rootfs) = (
+            c.join("upper"),
+            c.join("work"),
+            c.join("layers"),
+            c.join("rootfs"),
+        );
+        for p in [&upper, &work, &rootfs] {
+            fs::create_dir_all(p).unwrap();
+        }
+        let base = userns::FIRST + 3 * userns::SIZE;
+        mount_idmapped_overlay(
+            std::slice::from_ref(&layer),
+            &upper,
+            &work,
+            &layers,
+            &rootfs,
+            base,
+        )
+        .unwrap();
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = unmount(self.0);
+            }
+        }
+        let _guard = Unmount(&rootfs);
+        {
+            // Through the rootfs: the layer's ids shifted into the range.
+            assert_eq!(uid_of(&rootfs), base, "the root dir is the upper dir's");
+            assert_eq!(uid_of(&rootfs.join("etc/root-file")), base);
+            assert_eq!(uid_of(&rootfs.join("etc/user-file")), base + 1000);
+            // The shared layer itself is unchanged.
+            assert_eq!(uid_of(&layer.join("etc/root-file")), 0);
+            // The idmapped binds are gone; the overlay keeps its own clones.
+            let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let points: Vec<&str> = mi.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+            let bind = layers.join("0");
+            assert!(!points.contains(&bind.to_str().unwrap()), "{mi}");
+            assert!(points.contains(&rootfs.to_str().unwrap()), "{mi}");
+            assert_eq!(
+                fs::read_to_string(rootfs.join("etc/root-file")).unwrap(),
+                "layer\n"
+            );
+            // A write by the host's root (as sysd) copies up keeping the shifted owner.
+            fs::write(rootfs.join("etc/root-file"), "changed\n").unwrap();
+            assert_eq!(uid_of(&upper.join("etc/root-file")), base);
+            assert_eq!(
+                fs::read_to_string(layer.join("etc/root-file")).unwrap(),
+                "layer\n"
+            );
+        }
     }
 }
