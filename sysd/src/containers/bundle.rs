@@ -319,6 +319,12 @@ pub fn build(spec: &ContainerSpec, inp: &Inputs) -> Result<Spec, BundleError> {
             p.set_capabilities(Some(caps));
         }
         s.set_process(Some(p));
+        // The system calls those capabilities exist for (mount for SYS_ADMIN,
+        // clock_settime for SYS_TIME, ...), as Docker's profile allows them.
+        if let Some(mut linux) = s.linux().clone() {
+            linux.set_seccomp(Some(berth_runtime::profile::seccomp_for(&extra)));
+            s.set_linux(Some(linux));
+        }
     }
     Ok(s)
 }
@@ -477,6 +483,14 @@ mod tests {
             .unwrap()
             .contains(&Capability::SysAdmin));
         assert_eq!(p.no_new_privileges(), Some(true));
+        // SYS_TIME's system calls are allowed by the filter too.
+        let seccomp = s.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+        assert!(seccomp
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|r| r.names().iter().any(|n| n == "clock_settime")));
         let m = s.mounts().clone().unwrap();
         let v = m
             .iter()
