@@ -235,6 +235,42 @@ fn a_root_workload_cannot_reach_the_host() {
         on_tmpfs.1.contains("Operation not permitted"),
         "expected the device program to refuse the node: {on_tmpfs:?}"
     );
+    // A user namespace (opt-in, `osctl run --userns`): the container's root is an
+    // unprivileged host id range, and the same probes stay shut.
+    vm.osctl_ok(&[
+        "run",
+        "admin",
+        "--userns",
+        "--name",
+        "probe-userns",
+        "--",
+        "sh",
+        "-c",
+        LOOP,
+    ]);
+    wait_running(&vm, "probe-userns");
+    let map = vm.osctl_ok(&["exec", "probe-userns", "--", "cat", "/proc/self/uid_map"]);
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"0"), "{map}");
+    let base: u64 = fields.get(1).and_then(|b| b.parse().ok()).unwrap_or(0);
+    assert!(base >= 100_000, "container root is host id {base}: {map}");
+    assert_eq!(fields.get(2), Some(&"65536"), "{map}");
+    let ls = vm.osctl_ok(&[
+        "exec",
+        "probe-userns",
+        "--",
+        "sh",
+        "-c",
+        "touch /tmp/w && ls -ln /tmp/w /bin/busybox",
+    ]);
+    eprintln!("FIGURE userns container: uid_map {map:?}, files: {ls:?}");
+    let p = run_probes(&vm, "probe-userns");
+    assert!(
+        opened(&p).is_empty(),
+        "a user-namespace workload reached the host: {:?}",
+        opened(&p)
+    );
+
     // The node stays healthy after all that.
     let st = vm.status();
     assert_eq!(st["healthy"], true, "{st:#}");
