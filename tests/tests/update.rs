@@ -211,10 +211,14 @@ fn boot_v1(
         ),
     )
     .unwrap();
+    // A disk larger than the image, as on a real machine: the state partition grows to
+    // fill it at first boot. The image's own 32 MiB /var holds the system images (10 MiB)
+    // and barely not an update's staged kernel and initrd (15.8 MiB): with it, the
+    // download failed with ENOSPC whenever the logs had grown a little.
     let opts = BootOpts {
         config: Some(cfg),
+        disk_size: Some("1600M".into()),
         extra: vec!["--registry-port".into(), port.to_string()],
-        ..Default::default()
     };
     let vm = Vm::boot(name, image, &opts);
     vm.wait_serial("berth: ready", BOOT_TIMEOUT);
