@@ -39,7 +39,11 @@ pub fn apply(config: &Config, proc_sys: &Path, root: &Path) -> Vec<String> {
     }
     for (i, f) in config.files.iter().enumerate() {
         if let Err(e) = write_file(root, f) {
-            problems.push(format!("files[{i}] ({}): {}", f.path, chain(&e)));
+            problems.push(format!(
+                "files[{i}] ({}): {}",
+                f.path,
+                crate::error_chain(&e)
+            ));
         }
     }
     problems
@@ -96,18 +100,6 @@ pub enum FileError {
         #[source]
         source: io::Error,
     },
-}
-
-/// `e` and its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Whether `name` in `dir` is a symlink (not followed).

@@ -149,3 +149,18 @@ pub fn fuzz_parse(data: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+/// An error with its causes, each added once: `pulling X: registry request failed: HTTP 404`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}

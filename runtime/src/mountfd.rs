@@ -468,8 +468,8 @@ impl Mounted {
         fd_path(self.fd.as_fd())
     }
 
-    /// `mount(NULL, fd, NULL, flags, NULL)`: a (bind) remount of this mount.
-    pub fn remount(&self, flags: MsFlags) -> Result<(), MountFdError> {
+    /// `mount(NULL, /proc/self/fd/N, NULL, flags, NULL)` on this mount.
+    fn mount_flags(&self, flags: MsFlags) -> Result<(), io::Error> {
         nix::mount::mount(
             None::<&str>,
             &self.proc_path(),
@@ -477,25 +477,25 @@ impl Mounted {
             flags,
             None::<&str>,
         )
-        .map_err(|e| MountFdError::Remount {
-            dest: self.dest.clone(),
-            source: e.into(),
-        })
+        .map_err(io::Error::from)
+    }
+
+    /// A (bind) remount of this mount.
+    pub fn remount(&self, flags: MsFlags) -> Result<(), MountFdError> {
+        self.mount_flags(flags)
+            .map_err(|source| MountFdError::Remount {
+                dest: self.dest.clone(),
+                source,
+            })
     }
 
     /// Applies one propagation change (`MS_PRIVATE`, `MS_SLAVE | MS_REC`, ...).
     pub fn set_propagation(&self, flags: MsFlags) -> Result<(), MountFdError> {
-        nix::mount::mount(
-            None::<&str>,
-            &self.proc_path(),
-            None::<&str>,
-            flags,
-            None::<&str>,
-        )
-        .map_err(|e| MountFdError::Propagation {
-            dest: self.dest.clone(),
-            source: e.into(),
-        })
+        self.mount_flags(flags)
+            .map_err(|source| MountFdError::Propagation {
+                dest: self.dest.clone(),
+                source,
+            })
     }
 }
 
