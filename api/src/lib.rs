@@ -10,8 +10,10 @@ pub mod boot;
 #[cfg(feature = "dbus")]
 pub mod manager;
 pub mod mountinfo;
+pub mod roles;
 
 pub use boot::{BootInfo, Phase};
+pub use roles::{Method, Role};
 #[cfg(feature = "dbus")]
 pub use manager::{
     ContainerInfo, ContainerStats, ExecOutput, ExecReply, ImageInfo, LogChunk, ManagerError,

@@ -174,6 +174,8 @@ pub enum ManagerError {
     Invalid(String),
     /// The machine could not carry out the request.
     Failed(String),
+    /// The caller's role may not call this method (the message names the role needed).
+    Denied(String),
 }
 
 /// Client side of `org.berth.Manager1`.
