@@ -2,7 +2,7 @@
 //! silently ignored setting. `docs/CONFIG.md` documents every key; keep the two in step.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +28,12 @@ pub struct Config {
     pub containers: Vec<ContainerSpec>,
     /// OS updates.
     pub update: Update,
-    /// Remote administration.
-    pub admin: Admin,
+    /// The remote API (osctl over mutual TLS).
+    #[serde(skip_serializing_if = "Api::is_default")]
+    pub api: Api,
+    /// `[admin]` of older configs: refused with a pointer to `[api]` (it never did anything).
+    #[serde(rename = "admin", skip_serializing)]
+    removed_admin: RemovedAdmin,
 }
 
 /// `[host]`
@@ -326,12 +330,187 @@ pub struct RebootWindow {
     pub duration: Duration,
 }
 
-/// `[admin]`
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[api]`: the remote API, `org.berth.Manager1` over TLS 1.3 with mandatory client
+/// certificates. Off unless `ca` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Admin {
-    /// Public keys allowed remote access, OpenSSH format (`ssh-ed25519 AAAA... comment`).
-    pub keys: Vec<String>,
+pub struct Api {
+    /// Address and port to listen on.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// The CA that signs client certificates (PEM). None: no remote API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// The CA's private key (PEM): the node signs its own certificate with it (and renews
+    /// it), and an admin can mint client certificates on the node (`osctl pki issue`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+    /// The node's certificate (PEM), with `key`. None: the node makes its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The private key of `cert` (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Networks that may connect; empty = any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_sources: Vec<Cidr>,
+    /// Serial numbers of client certificates refused from now on (hex; any case, colons
+    /// allowed; kept normalized: lower case, no colons, no leading zeros).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked_serials: Vec<Serial>,
+    /// Lifetime of the certificate the node makes for itself (renewed when a third is left).
+    pub cert_ttl: Duration,
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address {s:?} (expected address:port, e.g. \"0.0.0.0:7443\" or \"[::]:7443\")"
+        ))
+    })
+}
+
+/// Default `[api] listen`.
+pub const DEFAULT_API_LISTEN: &str = "0.0.0.0:7443";
+
+/// Default `[api] cert_ttl`: 90 days.
+pub const DEFAULT_API_CERT_TTL: Duration = Duration::secs(90 * 24 * 3600);
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
+            ca: None,
+            ca_key: None,
+            cert: None,
+            key: None,
+            allowed_sources: Vec::new(),
+            revoked_serials: Vec::new(),
+            cert_ttl: DEFAULT_API_CERT_TTL,
+        }
+    }
+}
+
+impl Api {
+    fn is_default(&self) -> bool {
+        *self == Api::default()
+    }
+
+    /// Whether the remote API is on (it needs `ca`).
+    pub fn enabled(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Whether the certificate with serial `serial` (any form [`Serial`] accepts) is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        Serial::normalize(serial).is_some_and(|s| self.revoked_serials.iter().any(|r| r.0 == s))
+    }
+
+    /// Whether a client at `ip` may connect (`allowed_sources`; an IPv4-mapped IPv6
+    /// address counts as the IPv4 address).
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_sources.is_empty() || self.allowed_sources.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// A certificate serial number, normalized: lower-case hex, no colons, no leading zeros
+/// (`"0A:1B"` is `"a1b"`). At most 20 bytes (RFC 5280).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Serial(String);
+
+impl Serial {
+    /// Normalizes `s` (hex digits in any case, optionally separated by `:`), or `None`
+    /// when it is not a serial number.
+    pub fn normalize(s: &str) -> Option<String> {
+        let t = s.trim();
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        if t.is_empty() || t.starts_with(':') || t.ends_with(':') || t.contains("::") {
+            return None;
+        }
+        let hex: String = t.chars().filter(|c| *c != ':').collect();
+        if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let trimmed = hex.trim_start_matches('0').to_ascii_lowercase();
+        let out = if trimmed.is_empty() {
+            "0".to_string()
+        } else {
+            trimmed
+        };
+        (out.len() <= 40).then_some(out)
+    }
+
+    /// The normalized form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Serial {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Serial::normalize(s).map(Serial).ok_or_else(|| {
+            format!("invalid certificate serial {s:?} (expected hex, e.g. \"3f:a2:01\" or \"3fa201\", at most 20 bytes)")
+        })
+    }
+}
+
+impl std::fmt::Display for Serial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Serial {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Serial {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The removed `[admin]` table: any value is an error that says what replaced it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RemovedAdmin;
+
+impl<'de> Deserialize<'de> for RemovedAdmin {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "[admin] was removed (its keys never granted access): remote access is the [api] section, with client certificates (see docs/CONFIG.md)",
+        ))
+    }
+}
+
+/// What replaces a secret in [`Config::redacted`].
+pub const REDACTED: &str = "(redacted)";
+
+impl Config {
+    /// The config with its secrets replaced by [`REDACTED`]: `[api] ca_key` and `key`, and
+    /// registry passwords. What a caller below `admin` sees.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for s in [&mut c.api.ca_key, &mut c.api.key] {
+            if s.is_some() {
+                *s = Some(REDACTED.into());
+            }
+        }
+        for r in c.registries.values_mut() {
+            if r.password.is_some() {
+                r.password = Some(REDACTED.into());
+            }
+        }
+        c
+    }
 }
 
 /// A container definition: a workload (`[[containers]]`) or a system service

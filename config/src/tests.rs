@@ -89,7 +89,11 @@ fn documented_example_parses_validates_and_uses_every_section() {
     assert_eq!(c.containers[2].network, NetworkMode::None);
     assert!(matches!(&c.containers[2].image, ImageRef::Shipped { name, .. } if name == "toolbox"));
     assert_eq!(c.update.policy, UpdatePolicy::Auto);
-    assert_eq!(c.admin.keys.len(), 1);
+    assert_eq!(c.api.listen.to_string(), "0.0.0.0:7443");
+    assert_eq!(c.api.allowed_sources.len(), 2);
+    assert_eq!(c.api.revoked_serials[0].as_str(), "3fa2019c");
+    assert_eq!(c.api.revoked_serials[1].as_str(), "b7e");
+    assert!(c.api.enabled() && c.api.ca_key.is_some() && c.api.key.is_some());
     // Every top-level section of the schema is set to something other than its default.
     let d = Config::default();
     assert!(
@@ -99,7 +103,7 @@ fn documented_example_parses_validates_and_uses_every_section() {
         c.kernel != d.kernel
             && c.registries != d.registries
             && c.update != d.update
-            && c.admin != d.admin
+            && c.api != d.api
     );
     // `osctl config show` prints what parse reads back unchanged.
     let t = c.to_toml().unwrap();
@@ -425,4 +429,185 @@ fn user_namespace_is_opt_in_and_round_trips() {
     let e =
         parse_workload("name = \"web\"\nimage = \"x\"\nuser_namespace = \"yes\"\n").unwrap_err();
     assert!(e.to_string().contains("user_namespace"), "{e}");
+}
+
+/// A config with `[api]` lines after a CA certificate (so every key can be tried alone).
+fn with_api(lines: &str) -> String {
+    format!("[api]\nca = \"\"\"\n{CERT}\"\"\"\n{lines}")
+}
+
+const CERT: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBdDCCARqgAwIBAgIUExample\n-----END CERTIFICATE-----\n";
+const KEY: &str =
+    "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqG\n-----END PRIVATE KEY-----\n";
+
+#[test]
+fn api_is_off_by_default_and_listens_on_7443() {
+    let c = parse("").unwrap();
+    assert!(!c.api.enabled());
+    assert_eq!(c.api.listen.to_string(), DEFAULT_API_LISTEN);
+    assert_eq!(c.api.cert_ttl, DEFAULT_API_CERT_TTL);
+    // The default section is not printed by `osctl config show`.
+    assert!(!c.to_toml().unwrap().contains("[api]"));
+    let c = parse(&with_api("listen = \"[::]:443\"\n")).unwrap();
+    assert!(c.api.enabled());
+    assert_eq!(c.api.listen.port(), 443);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+}
+
+#[test]
+fn admin_section_is_refused_with_a_pointer_to_api() {
+    let e = err("[admin]\nkeys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample a@b\"]\n");
+    assert!(e.starts_with("line 1: admin: [admin] was removed"), "{e}");
+    assert!(
+        e.contains("[api]") && e.contains("client certificates"),
+        "{e}"
+    );
+    // Even empty.
+    let e = err("[host]\nhostname = \"a\"\n\n[admin]\n");
+    assert!(e.starts_with("line 4: admin: [admin] was removed"), "{e}");
+}
+
+#[test]
+fn api_pem_values_are_checked_and_named() {
+    let e = err(&with_api("ca_key = \"ssh-ed25519 AAAA\"\n"));
+    assert!(
+        e.starts_with("line 7: api.ca_key: expected a PEM private key (-----BEGIN ...): expected -----BEGIN ...-----, found \"ssh-ed25519 AAAA\""),
+        "{e}"
+    );
+    // A certificate where the key belongs, and the other way round.
+    let e = err(&with_api(&format!(
+        "cert = \"\"\"\n{KEY}\"\"\"\nkey = \"\"\"\n{KEY}\"\"\"\n"
+    )));
+    assert!(e.contains("api.cert: expected a PEM certificate (-----BEGIN ...): unexpected PEM block \"PRIVATE KEY\""), "{e}");
+    let e = err("[api]\nca = \"-----BEGIN CERTIFICATE-----\\nMIIB\\n\"\n");
+    assert!(e.contains("api.ca: expected a PEM certificate (-----BEGIN ...): -----BEGIN CERTIFICATE----- is never closed"), "{e}");
+    let e =
+        err("[api]\nca = \"-----BEGIN CERTIFICATE-----\\nMI IB!\\n-----END CERTIFICATE-----\"\n");
+    assert!(e.contains("not base64"), "{e}");
+    let e = err("[api]\nca = \"\"\n");
+    assert!(
+        e.contains("api.ca: expected a PEM certificate (-----BEGIN ...): empty"),
+        "{e}"
+    );
+    // Good ones pass, EC keys too.
+    let ec = KEY.replace("PRIVATE KEY", "EC PRIVATE KEY");
+    parse(&with_api(&format!(
+        "cert = \"\"\"\n{CERT}{CERT}\"\"\"\nkey = \"\"\"\n{ec}\"\"\"\n"
+    )))
+    .unwrap();
+}
+
+#[test]
+fn api_cert_and_key_go_together_and_need_a_ca() {
+    let e = err(&with_api(&format!("cert = \"\"\"\n{CERT}\"\"\"\n")));
+    assert!(e.contains("api.cert: needs api.key"), "{e}");
+    let e = err(&with_api(&format!("key = \"\"\"\n{KEY}\"\"\"\n")));
+    assert!(e.contains("api.key: needs api.cert"), "{e}");
+    let e = err(&format!("[api]\nca_key = \"\"\"\n{KEY}\"\"\"\n"));
+    assert!(e.contains("line 2: api.ca_key: needs api.ca"), "{e}");
+}
+
+#[test]
+fn api_sources_serials_listen_and_ttl_are_checked() {
+    let e = err(&with_api("allowed_sources = [\"10.0.0.0/33\"]\n"));
+    assert!(
+        e.contains("api.allowed_sources[0]: invalid CIDR \"10.0.0.0/33\""),
+        "{e}"
+    );
+    let e = err(&with_api("allowed_sources = [\"10.0.0.1/8\"]\n"));
+    assert!(
+        e.contains(
+            "api.allowed_sources[0]: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)"
+        ),
+        "{e}"
+    );
+    for bad in ["xyz", "", "0a::1b", ":0a", "0a:", &"ab".repeat(21)] {
+        let e = err(&with_api(&format!(
+            "revoked_serials = [\"1\", \"{bad}\"]\n"
+        )));
+        assert!(
+            e.contains("api.revoked_serials[1]: invalid certificate serial"),
+            "{bad}: {e}"
+        );
+    }
+    let e = err(&with_api("listen = \"0.0.0.0\"\n"));
+    assert!(
+        e.contains("line 7: api.listen: invalid address \"0.0.0.0\" (expected address:port"),
+        "{e}"
+    );
+    let e = err(&with_api("listen = \"0.0.0.0:0\"\n"));
+    assert!(e.contains("api.listen: the port must not be 0"), "{e}");
+    let e = err(&with_api("cert_ttl = \"10m\"\n"));
+    assert!(
+        e.contains("api.cert_ttl: the node certificate lifetime"),
+        "{e}"
+    );
+}
+
+#[test]
+fn serials_are_normalized_and_matched_in_any_form() {
+    let c = parse(&with_api(
+        "revoked_serials = [\"0A:1B:FF\", \"00\", \"0x7f\"]\n",
+    ))
+    .unwrap();
+    let s: Vec<_> = c.api.revoked_serials.iter().map(Serial::as_str).collect();
+    assert_eq!(s, ["a1bff", "0", "7f"]);
+    assert!(
+        c.api.is_revoked("a1bff") && c.api.is_revoked("0a:1b:ff") && c.api.is_revoked("0A1BFF")
+    );
+    assert!(!c.api.is_revoked("a1bf") && !c.api.is_revoked("not hex"));
+    // Printed normalized; read back the same.
+    let t = c.to_toml().unwrap();
+    assert!(
+        t.contains("revoked_serials = [\"a1bff\", \"0\", \"7f\"]"),
+        "{t}"
+    );
+    assert_eq!(parse(&t).unwrap(), c);
+}
+
+#[test]
+fn allowed_sources_match_ipv4_mapped_peers() {
+    let c = parse(&with_api(
+        "allowed_sources = [\"10.0.0.0/8\", \"fd00::/8\"]\n",
+    ))
+    .unwrap();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(c.api.source_allowed(ip("10.1.2.3")));
+    assert!(c.api.source_allowed(ip("::ffff:10.1.2.3")));
+    assert!(c.api.source_allowed(ip("fd12::1")));
+    assert!(!c.api.source_allowed(ip("192.168.1.1")));
+    assert!(!c.api.source_allowed(ip("::ffff:192.168.1.1")));
+    assert!(
+        parse("").unwrap().api.source_allowed(ip("203.0.113.9")),
+        "empty = any"
+    );
+}
+
+#[test]
+fn redacted_config_hides_keys_and_passwords_only() {
+    let ex = doc_examples();
+    let c = parse(&ex[0]).unwrap();
+    let r = c.redacted();
+    assert_eq!(r.api.ca_key.as_deref(), Some(REDACTED));
+    assert_eq!(r.api.key.as_deref(), Some(REDACTED));
+    assert_eq!(
+        r.registries["registry.example.com:5000"]
+            .password
+            .as_deref(),
+        Some(REDACTED)
+    );
+    assert_eq!(
+        r.registries["localhost:5000"].password, None,
+        "nothing to hide"
+    );
+    assert_eq!(r.api.ca, c.api.ca, "a certificate is public");
+    assert_eq!(r.api.cert, c.api.cert);
+    let t = r.to_toml().unwrap();
+    assert!(!t.contains("PRIVATE KEY") && !t.contains("s3cret"), "{t}");
+    let mut back = r.clone();
+    back.api.ca_key = c.api.ca_key.clone();
+    back.api.key = c.api.key.clone();
+    back.registries = c.registries.clone();
+    assert_eq!(back, c, "only the secrets differ");
 }

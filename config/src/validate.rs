@@ -147,14 +147,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
         .collect();
     cycles(&entries, cx);
     update(c, cx);
-    for (i, k) in c.admin.keys.iter().enumerate() {
-        if let Err(why) = ssh_key(k) {
-            cx.err(
-                root.key("admin").key("keys").index(i),
-                format!("invalid public key: {why}"),
-            );
-        }
-    }
+    api(c, cx);
 }
 
 fn network(c: &Config, cx: &mut Ctx<'_>) {
@@ -405,29 +398,128 @@ fn update(c: &Config, cx: &mut Ctx<'_>) {
     }
 }
 
-fn ssh_key(k: &str) -> Result<(), &'static str> {
-    let mut it = k.split_whitespace();
-    let ty = it.next().ok_or("empty")?;
-    const TYPES: [&str; 6] = [
-        "ssh-ed25519",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "ssh-rsa",
-        "sk-ssh-ed25519@openssh.com",
-    ];
-    if !TYPES.contains(&ty) {
-        return Err("unknown key type (expected e.g. ssh-ed25519)");
+/// Checks that `text` is PEM with only blocks labelled as `labels` allows (at least one
+/// block; each `-----BEGIN L-----` closed by its `-----END L-----`, base64 in between).
+fn pem(text: &str, label_ok: impl Fn(&str) -> bool) -> Result<(), String> {
+    let mut blocks = 0;
+    let mut open: Option<&str> = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            continue;
+        }
+        match open {
+            None => {
+                let label = line
+                    .strip_prefix("-----BEGIN ")
+                    .and_then(|l| l.strip_suffix("-----"))
+                    .ok_or_else(|| {
+                        format!("expected -----BEGIN ...-----, found {:?}", cut(line))
+                    })?;
+                if !label_ok(label) {
+                    return Err(format!("unexpected PEM block {label:?}"));
+                }
+                open = Some(label);
+            }
+            Some(label) => {
+                if let Some(end) = line
+                    .strip_prefix("-----END ")
+                    .and_then(|l| l.strip_suffix("-----"))
+                {
+                    if end != label {
+                        return Err(format!(
+                            "-----BEGIN {label}----- closed by -----END {end}-----"
+                        ));
+                    }
+                    open = None;
+                    blocks += 1;
+                } else if !line
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                {
+                    return Err(format!("not base64 inside the PEM block: {:?}", cut(line)));
+                }
+            }
+        }
     }
-    let b64 = it.next().ok_or("missing the base64 key")?;
-    if b64.len() < 16
-        || !b64
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-    {
-        return Err("the key is not base64");
+    match (open, blocks) {
+        (Some(label), _) => Err(format!("-----BEGIN {label}----- is never closed")),
+        (None, 0) => Err("empty".into()),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The first 40 characters of `s`, for an error message.
+fn cut(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+fn api(c: &Config, cx: &mut Ctx<'_>) {
+    let ap = KeyPath::root().key("api");
+    let a = &c.api;
+    if a.listen.port() == 0 {
+        cx.err(ap.key("listen"), "the port must not be 0");
+    }
+    let is_cert = |l: &str| l == "CERTIFICATE";
+    let is_key = |l: &str| matches!(l, "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY");
+    for (name, value, cert) in [
+        ("ca", &a.ca, true),
+        ("ca_key", &a.ca_key, false),
+        ("cert", &a.cert, true),
+        ("key", &a.key, false),
+    ] {
+        let Some(v) = value else { continue };
+        let (checked, what) = if cert {
+            (pem(v, is_cert), "a PEM certificate")
+        } else {
+            (pem(v, is_key), "a PEM private key")
+        };
+        if let Err(why) = checked {
+            cx.err(
+                ap.key(name),
+                format!("expected {what} (-----BEGIN ...): {why}"),
+            );
+        }
+    }
+    if a.cert.is_some() != a.key.is_some() {
+        let (has, lacks) = if a.cert.is_some() {
+            ("cert", "key")
+        } else {
+            ("key", "cert")
+        };
+        cx.err(
+            ap.key(has),
+            format!("needs api.{lacks}: the node certificate and its key go together"),
+        );
+    }
+    if a.ca.is_none() {
+        for (name, set) in [("ca_key", a.ca_key.is_some()), ("cert", a.cert.is_some())] {
+            if set {
+                cx.err(
+                    ap.key(name),
+                    "needs api.ca (the CA of the client certificates): without it the remote API is off",
+                );
+            }
+        }
+    }
+    for (i, s) in a.allowed_sources.iter().enumerate() {
+        if s.network() != s.addr {
+            cx.err(
+                ap.key("allowed_sources").index(i),
+                format!(
+                    "{s} has host bits set (did you mean {}/{}?)",
+                    s.network(),
+                    s.prefix
+                ),
+            );
+        }
+    }
+    let ttl = a.cert_ttl.get().as_secs();
+    if !(3600..=10 * 366 * 24 * 3600).contains(&ttl) {
+        cx.err(
+            ap.key("cert_ttl"),
+            "the node certificate lifetime must be between 1 hour and 10 years",
+        );
+    }
 }
 
 /// Known Linux capability names (without `CAP_`).
