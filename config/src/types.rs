@@ -218,6 +218,152 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// The IP protocol number (6 or 17).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A published port, `"[ip:]host:container[/tcp|udp]"`: `"8080:80"`, `"5353:53/udp"`,
+/// `"127.0.0.1:9000:9000"`, `"[::1]:9000:9000"`. Without an address (or with `0.0.0.0`) the
+/// port is published on every host address; `host_ip` is then `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortMapping {
+    /// The host address it listens on; `None` for every address.
+    pub host_ip: Option<IpAddr>,
+    /// The port on the host (1-65535).
+    pub host_port: u16,
+    /// The port inside the container (1-65535).
+    pub container_port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+}
+
+impl PortMapping {
+    /// Whether both cannot be published at once: the same protocol and host port on the
+    /// same address, or on any address when one of them listens on every address.
+    pub fn conflicts_with(&self, other: &PortMapping) -> bool {
+        self.proto == other.proto
+            && self.host_port == other.host_port
+            && match (self.host_ip, other.host_ip) {
+                (None, _) | (_, None) => true,
+                (Some(a), Some(b)) => a == b,
+            }
+    }
+}
+
+impl FromStr for PortMapping {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("invalid port mapping {s:?}: {why} (expected \"[ip:]host:container[/tcp|udp]\", e.g. \"8080:80\" or \"127.0.0.1:5353:53/udp\")")
+        };
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, "tcp")) => (spec, Proto::Tcp),
+            Some((spec, "udp")) => (spec, Proto::Udp),
+            Some((_, other)) => {
+                return Err(bad(&format!(
+                    "protocol {other:?} is neither \"tcp\" nor \"udp\""
+                )))
+            }
+            None => (s, Proto::Tcp),
+        };
+        let (host_ip, ports) = if let Some(rest) = spec.strip_prefix('[') {
+            let (ip, ports) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("the IPv6 address has no closing \"]\""))?;
+            let ip: std::net::Ipv6Addr = ip
+                .parse()
+                .map_err(|_| bad(&format!("{ip:?} is not an IPv6 address")))?;
+            let ports = ports
+                .strip_prefix(':')
+                .ok_or_else(|| bad("a \":\" must follow the \"]\""))?;
+            (Some(IpAddr::V6(ip)), ports)
+        } else {
+            match spec.matches(':').count() {
+                1 => (None, spec),
+                2 => {
+                    let (ip, ports) = spec.split_once(':').unwrap_or(("", spec));
+                    let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+                        bad(&format!(
+                            "{ip:?} is not an IPv4 address (write IPv6 addresses in brackets)"
+                        ))
+                    })?;
+                    (Some(IpAddr::V4(ip)), ports)
+                }
+                0 => return Err(bad("both a host port and a container port are needed")),
+                _ => return Err(bad("too many \":\" (write IPv6 addresses in brackets)")),
+            }
+        };
+        let (host, container) = ports
+            .split_once(':')
+            .ok_or_else(|| bad("both a host port and a container port are needed"))?;
+        if host_ip.is_none() && host.parse::<IpAddr>().is_ok() {
+            return Err(bad(&format!(
+                "after the address {host} come both a host port and a container port"
+            )));
+        }
+        let port = |what: &str, p: &str| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+                _ => Err(bad(&format!(
+                    "{what} port {p:?} is not a number from 1 to 65535"
+                ))),
+            }
+        };
+        let host_port = port("host", host)?;
+        let container_port = port("container", container)?;
+        Ok(PortMapping {
+            host_ip: host_ip.filter(|ip| !ip.is_unspecified() || ip.is_ipv6()),
+            host_port,
+            container_port,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}", self.host_port, self.container_port)?;
+        if self.proto == Proto::Udp {
+            f.write_str("/udp")?;
+        }
+        Ok(())
+    }
+}
+
 /// A Unix file mode: an octal string `"0644"` or an integer (TOML `0o644`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileMode(pub u32);
@@ -504,6 +650,9 @@ string_serde!(Duration, "a duration such as \"30s\"", |v| u64::try_from(v)
 string_serde!(Cidr, "a CIDR such as \"192.168.1.10/24\"", |v| Err(
     format!("invalid CIDR {v} (expected a string such as \"192.168.1.10/24\")")
 ));
+string_serde!(PortMapping, "a port mapping such as \"8080:80\"", |v| Err(
+    format!("invalid port mapping {v} (expected a string such as \"8080:80\")")
+));
 string_serde!(ImageRef, "an image reference", |v| Err(format!(
     "invalid image reference {v} (expected a string)"
 )));
@@ -608,6 +757,101 @@ mod tests {
             "0.0.0.0/0".parse::<Cidr>().unwrap().network().to_string(),
             "0.0.0.0"
         );
+    }
+
+    #[test]
+    fn port_mappings() {
+        let p: PortMapping = "8080:80".parse().unwrap();
+        assert_eq!(
+            p,
+            PortMapping {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                proto: Proto::Tcp
+            }
+        );
+        let p: PortMapping = "5353:53/udp".parse().unwrap();
+        assert_eq!(
+            (p.host_port, p.container_port, p.proto),
+            (5353, 53, Proto::Udp)
+        );
+        let p: PortMapping = "127.0.0.1:9000:9001".parse().unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.container_port, 9001);
+        let p: PortMapping = "[::1]:9000:9000/tcp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        assert_eq!(p.to_string(), "[::1]:9000:9000");
+        // 0.0.0.0 means every address, as no address does.
+        assert_eq!(
+            "0.0.0.0:80:80".parse::<PortMapping>().unwrap().host_ip,
+            None
+        );
+        for s in [
+            "8080:80",
+            "5353:53/udp",
+            "127.0.0.1:9000:9000",
+            "[fd00::1]:1:2/udp",
+        ] {
+            assert_eq!(s.parse::<PortMapping>().unwrap().to_string(), s);
+        }
+        for (bad, why) in [
+            ("80", "both a host port"),
+            ("", "both a host port"),
+            ("0:80", "host port \"0\""),
+            ("80:0", "container port \"0\""),
+            ("65536:80", "host port \"65536\""),
+            ("+80:80", "host port \"+80\""),
+            ("80:80/sctp", "protocol \"sctp\""),
+            ("80:80/TCP", "protocol \"TCP\""),
+            ("host:80:80", "\"host\" is not an IPv4 address"),
+            ("::1:80:80", "too many"),
+            ("[::1:80:80", "no closing"),
+            ("[::1]80:80", "must follow"),
+            ("[1.2.3.4]:80:80", "not an IPv6 address"),
+            ("1.2.3.4:80", "after the address 1.2.3.4 come both"),
+            ("80:80:", "not an IPv4 address"),
+        ] {
+            let e = bad.parse::<PortMapping>().unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!("1.2.3.4:80:".parse::<PortMapping>().is_err());
+    }
+
+    #[test]
+    fn port_conflicts() {
+        let p = |s: &str| s.parse::<PortMapping>().unwrap();
+        assert!(p("8080:80").conflicts_with(&p("8080:81")));
+        assert!(p("8080:80").conflicts_with(&p("127.0.0.1:8080:80")));
+        assert!(p("127.0.0.1:8080:80").conflicts_with(&p("0.0.0.0:8080:90")));
+        assert!(!p("127.0.0.1:8080:80").conflicts_with(&p("127.0.0.2:8080:80")));
+        assert!(!p("8080:80").conflicts_with(&p("8080:80/udp")));
+        assert!(!p("8080:80").conflicts_with(&p("8081:80")));
+    }
+
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Ports {
+        ports: Vec<PortMapping>,
+    }
+
+    #[test]
+    fn port_mappings_in_toml() {
+        let t: Ports = toml::from_str("ports = [\"8080:80\", \"5353:53/udp\"]").unwrap();
+        assert_eq!(t.ports[1].proto, Proto::Udp);
+        assert_eq!(
+            toml::to_string(&t).unwrap().trim(),
+            "ports = [\"8080:80\", \"5353:53/udp\"]"
+        );
+        let e = toml::from_str::<Ports>("ports = [80]")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("expected a string"), "{e}");
+        let e = toml::from_str::<Ports>("ports = [\"80\"]")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("both a host port"), "{e}");
     }
 
     #[test]
