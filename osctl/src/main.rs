@@ -7,7 +7,16 @@ use std::time::Duration;
 
 /// Manage a Berth machine: status, containers, logs, images, power. On the machine it
 /// talks to /run/berth/osctl.sock; from a VM's host point --connect at the socket
-/// qemu/run.sh created (STATE_DIR/osctl.sock).
+/// qemu/run.sh created (STATE_DIR/osctl.sock); over the network it talks to the node's
+/// API port (7443) with mutual TLS, using a context of the client file.
+///
+/// Which machine: --connect (or BERTH_CONNECT), a Unix socket, wins; then --context
+/// and/or --node (a context of the client file, its endpoint replaced by --node); then
+/// the local socket. Off the machine (no local socket) the client file's current
+/// context is used. The client file is BERTH_CONFIG, else ~/.config/berth/osctl.toml:
+/// contexts with the node's CA (or key fingerprint), a client certificate and key;
+/// `osctl config contexts` lists them. The certificate's role (reader, operator, admin)
+/// decides what may be called; a refused call names the role it needs.
 ///
 /// Examples:
 ///   osctl --connect unix:path=build/x86_64/run/osctl.sock status
@@ -16,19 +25,33 @@ use std::time::Duration;
 ///   osctl logs -f web
 ///   osctl exec admin -- sh -c 'ip addr; df -h'
 ///
-/// Exit status: 0 ok, 1 the machine refused or failed the request, 2 usage error,
-/// 3 machine unreachable; `exec` exits with the command's status.
+/// Remote management (mutual TLS):
+///   osctl pki init --out ca/                              # a CA: ca/ca.crt, ca/ca.key
+///   osctl pki node --ca ca/ --name node1 --ip 10.0.0.5 --out node1/
+///   osctl pki client --ca ca/ --role admin --ttl 24h --endpoint 10.0.0.5:7443 \
+///       --context admin --out ~/.config/berth/osctl.toml
+///   osctl --context admin status
+///   osctl --context admin --node 10.0.0.6:7443 ps
+///   osctl pki issue --role reader --ttl 8h --out reader.toml   # minted by a running node
+///
+/// Exit status: 0 ok, 1 the machine refused or failed the request (also a role that may
+/// not call it), 2 usage error (also a bad client file or context), 3 machine unreachable
+/// or the TLS handshake refused; `exec` exits with the command's status.
 #[derive(Parser)]
-#[command(name = "osctl", version)]
+#[command(name = "osctl", version, verbatim_doc_comment)]
 struct Cli {
-    /// API address: unix:path=/path/to/socket (or just the path).
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_CONNECT",
-        default_value = "unix:path=/run/berth/osctl.sock"
-    )]
-    connect: String,
+    /// API socket: unix:path=/path/to/socket (or just the path). Wins over --context and
+    /// --node. Default: /run/berth/osctl.sock.
+    #[arg(long, global = true, env = "BERTH_CONNECT")]
+    connect: Option<String>,
+    /// Context of the client file to use (its endpoint, node CA or fingerprint, client
+    /// certificate and key). `pki client` names the context it writes with it.
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+    /// Node to reach over TLS, HOST:PORT (port 7443 if left out); replaces the context's
+    /// endpoint.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    node: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "text")]
     output: Output,
@@ -57,9 +80,16 @@ enum Cmd {
     Stop { name: String },
     /// Stop and start a container.
     Restart { name: String },
-    /// Show a container's output (kept under /var/log/berth, rotated).
+    /// Show a container's output (kept under /var/log/berth, rotated), or a system log:
+    /// `--system api` is the audit log of calls over the network (certificate subject,
+    /// serial, role, method, result).
     Logs {
-        name: String,
+        /// The container (`osctl ps` lists them).
+        #[arg(required_unless_present = "system", conflicts_with = "system")]
+        name: Option<String>,
+        /// A system log instead of a container's: api.
+        #[arg(long, value_name = "LOG", value_parser = ["api"])]
+        system: Option<String>,
         /// Keep printing new output until interrupted.
         #[arg(short, long)]
         follow: bool,
@@ -142,6 +172,9 @@ enum Cmd {
     /// and boot entries, roll back.
     #[command(subcommand)]
     Update(UpdateCmd),
+    /// Certificates for remote management: a CA, node certificates, client files.
+    #[command(subcommand)]
+    Pki(PkiCmd),
     /// Print shell completions (bash, zsh, fish, ...).
     Completions { shell: clap_complete::Shell },
     /// Ordered reboot: stop all containers, unmount, reboot.
@@ -159,6 +192,11 @@ enum ConfigCmd {
     Show,
     /// Check a config file; errors name the key path and line. Needs no connection.
     Validate { file: std::path::PathBuf },
+    /// List the client file's contexts (the current one marked with *): endpoints, how
+    /// the node is trusted, the certificate's role and expiry. Needs no connection.
+    Contexts,
+    /// Make NAME the client file's current context.
+    UseContext { name: String },
     /// Apply a config file to the running machine on trial: validated first (nothing
     /// changes if it is invalid), then applied live; kept once the machine is healthy
     /// (required services healthy, configured interfaces addressed, default gateways
@@ -169,6 +207,92 @@ enum ConfigCmd {
         /// Seconds the machine has to become healthy.
         #[arg(long, default_value_t = 120)]
         deadline: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Make a CA (ECDSA P-256): DIR/ca.crt and DIR/ca.key (0600). Keep ca.key offline, or
+    /// give it to nodes that should mint client files (`[api] ca_key`). Never overwrites.
+    Init {
+        /// Directory for ca.crt and ca.key (created 0700).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Berth CA")]
+        name: String,
+        /// Lifetime, e.g. 87600h (10 years).
+        #[arg(long, default_value = "87600h", value_parser = berth_osctl::pki::parse_ttl)]
+        ttl: Duration,
+    },
+    /// Make a node certificate signed by the CA: DIR/node.crt and DIR/node.key (0600), for
+    /// the machine config's `[api] cert` and `key`. Clients reach the node by one of its
+    /// names or addresses.
+    Node {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: std::path::PathBuf,
+        /// DNS name of the node (repeatable).
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
+        /// IP address of the node (repeatable).
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<std::net::IpAddr>,
+        /// Lifetime (the node renews its own certificate before expiry when it has the CA key).
+        #[arg(long, default_value = "8760h", value_parser = berth_osctl::pki::parse_ttl)]
+        ttl: Duration,
+        /// Directory for node.crt and node.key.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Make a client file: one context (named by --context, else the role) with the CA, a
+    /// new client certificate for ROLE and its key, inline, 0600; it becomes the current
+    /// context.
+    ///
+    /// Example: osctl pki client --ca ca/ --role reader --ttl 24h --endpoint 10.0.0.5:7443 --out reader.toml
+    Client {
+        /// Directory with ca.crt and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: std::path::PathBuf,
+        /// reader (status, ps, stats...), operator (also start/stop, logs, run, updates,
+        /// reboot) or admin (everything).
+        #[arg(long, value_parser = berth_osctl::pki::parse_role)]
+        role: berth_api::Role,
+        /// Lifetime, e.g. 24h, 30m, 7d. Short is safer: a new one is one command away.
+        #[arg(long, value_parser = berth_osctl::pki::parse_ttl)]
+        ttl: Duration,
+        /// Certificate common name (shown in the node's audit log). Default: osctl-ROLE.
+        #[arg(long = "name", value_name = "CN")]
+        common_name: Option<String>,
+        /// Node address HOST:PORT (repeatable; the first is used).
+        #[arg(long = "endpoint", value_name = "HOST:PORT")]
+        endpoints: Vec<String>,
+        /// The client file to write.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// Add the context to an existing client file (a context of the same name is replaced).
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Ask the running node to mint a client file (admin only; the node needs its CA key):
+    /// a short-lived credential for someone else, or a renewal of your own.
+    ///
+    /// Example: osctl --context admin pki issue --role reader --ttl 8h --out reader.toml
+    Issue {
+        #[arg(long, value_parser = berth_osctl::pki::parse_role)]
+        role: berth_api::Role,
+        /// Lifetime, e.g. 8h, 30m, 7d.
+        #[arg(long, value_parser = berth_osctl::pki::parse_ttl)]
+        ttl: Duration,
+        /// Certificate common name. Default: osctl-ROLE.
+        #[arg(long = "name", value_name = "CN")]
+        common_name: Option<String>,
+        /// Write the client file here (0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// Add the context to an existing FILE.
+        #[arg(long, requires = "out")]
+        merge: bool,
     },
 }
 
@@ -248,7 +372,26 @@ async fn run(cli: Cli) -> ExitCode {
     if let Cmd::Config(ConfigCmd::Validate { file }) = &cli.cmd {
         return validate(file, cli.output);
     }
-    let addr = match Address::parse(&cli.connect) {
+    let config_path = berth_remote::contexts::default_path();
+    match &cli.cmd {
+        Cmd::Config(ConfigCmd::Contexts) => return contexts(config_path.as_deref(), cli.output),
+        Cmd::Config(ConfigCmd::UseContext { name }) => {
+            return use_context(config_path.as_deref(), name)
+        }
+        Cmd::Pki(p) if !matches!(p, PkiCmd::Issue { .. }) => {
+            return pki_local(p, cli.context.as_deref(), cli.output)
+        }
+        _ => {}
+    }
+    let local = std::path::Path::new(berth_api::SOCKET_PATH);
+    let target = berth_osctl::Target {
+        connect: cli.connect.as_deref(),
+        node: cli.node.as_deref(),
+        context: cli.context.as_deref(),
+        config: config_path.as_deref(),
+        local,
+    };
+    let addr = match berth_osctl::resolve(&target) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("osctl: {e}");
@@ -259,14 +402,32 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("osctl: {e}");
-            return ExitCode::from(Exit::Unreachable as u8);
+            return ExitCode::from(if e.is_usage() {
+                2
+            } else {
+                Exit::Unreachable as u8
+            });
         }
     };
     let res = match cli.cmd {
-        Cmd::Status => m.status().await.map(|s| match cli.output {
-            Output::Json => println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default()),
-            Output::Text => print!("{}", format_status(&s)),
-        }),
+        Cmd::Status => match m.status().await {
+            Ok(s) => {
+                match cli.output {
+                    Output::Json => {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
+                    }
+                    Output::Text => {
+                        print!("{}", format_status(&s));
+                        // A node without the remote API method answers an error: no line.
+                        if let Ok(a) = m.api_status().await {
+                            print!("{}", berth_osctl::format_api_status(&a));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
         Cmd::Reboot => m.reboot().await.map(|_| done(cli.output, "rebooting")),
         Cmd::Poweroff => m
             .power_off()
@@ -292,7 +453,19 @@ async fn run(cli: Cli) -> ExitCode {
             .restart(&name)
             .await
             .map(|_| done(cli.output, &format!("{name} restarted"))),
-        Cmd::Logs { name, follow, tail } => logs(&m, &name, follow, tail, cli.output).await,
+        Cmd::Logs {
+            name,
+            system,
+            follow,
+            tail,
+        } => {
+            // A system log is read by its name with an @ (`@api`), like a container's.
+            let name = match system {
+                Some(_) => berth_api::AUDIT_LOG_NAME.to_string(),
+                None => name.unwrap_or_default(),
+            };
+            logs(&m, &name, follow, tail, cli.output).await
+        }
         Cmd::Run {
             image,
             name,
@@ -426,12 +599,23 @@ async fn run(cli: Cli) -> ExitCode {
             }
         },
         Cmd::Update(u) => update(&m, u, cli.output).await,
-        Cmd::Completions { .. } | Cmd::Config(ConfigCmd::Validate { .. }) => Ok(()),
+        Cmd::Pki(PkiCmd::Issue {
+            role,
+            ttl,
+            common_name,
+            out,
+            merge,
+        }) => pki_issue(&m, role, ttl, common_name, out, merge, &addr).await,
+        Cmd::Completions { .. }
+        | Cmd::Pki(_)
+        | Cmd::Config(
+            ConfigCmd::Validate { .. } | ConfigCmd::Contexts | ConfigCmd::UseContext { .. },
+        ) => Ok(()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("osctl: {e}");
+            eprintln!("osctl: {}", berth_osctl::explain_call_error(&e));
             ExitCode::from(Exit::Failed as u8)
         }
     }
@@ -568,4 +752,179 @@ fn done(out: Output, what: &str) {
         Output::Json => println!("{}", serde_json::json!({ "ok": true, "message": what })),
         Output::Text => println!("{what}"),
     }
+}
+
+/// `osctl config contexts`.
+fn contexts(path: Option<&std::path::Path>, out: Output) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("osctl: {}", berth_osctl::ConnectError::NoConfigPath);
+        return ExitCode::from(2);
+    };
+    if !path.exists() {
+        match out {
+            Output::Json => json(&serde_json::json!({ "file": path, "contexts": [] })),
+            Output::Text => println!(
+                "{}: no client file (osctl pki client --out {} makes one)",
+                path.display(),
+                path.display()
+            ),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let f = match berth_remote::ClientFile::load(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("osctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rows = berth_osctl::context_rows(&f);
+    match out {
+        Output::Json => json(&serde_json::json!({ "file": path, "contexts": rows })),
+        Output::Text => print!("{}", berth_osctl::format_contexts(&rows)),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `osctl config use-context NAME`.
+fn use_context(path: Option<&std::path::Path>, name: &str) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("osctl: {}", berth_osctl::ConnectError::NoConfigPath);
+        return ExitCode::from(2);
+    };
+    let r = berth_remote::ClientFile::load(path).and_then(|mut f| {
+        f.select(Some(name), path)?;
+        f.context = Some(name.into());
+        f.save(path)
+    });
+    match r {
+        Ok(()) => {
+            println!("current context: {name} ({})", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("osctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `osctl pki init|node|client`: files only, no machine.
+fn pki_local(cmd: &PkiCmd, context: Option<&str>, out: Output) -> ExitCode {
+    use berth_osctl::pki;
+    let r = match cmd {
+        PkiCmd::Init { out: dir, name, ttl } => pki::init(dir, name, *ttl).map(|crt| {
+            format!(
+                "CA {} ({}) in {}; keep {} secret",
+                name,
+                pki::describe(&crt),
+                dir.join("ca.crt").display(),
+                dir.join("ca.key").display()
+            )
+        }),
+        PkiCmd::Node {
+            ca,
+            names,
+            ips,
+            ttl,
+            out: dir,
+        } => pki::node(ca, names, ips, *ttl, dir).map(|crt| {
+            format!(
+                "node certificate ({}, key fingerprint {}) in {} and {}: set them as [api] cert and key",
+                pki::describe(&crt),
+                berth_remote::pki::spki_sha256(&crt).unwrap_or_default(),
+                dir.join("node.crt").display(),
+                dir.join("node.key").display()
+            )
+        }),
+        PkiCmd::Client {
+            ca,
+            role,
+            ttl,
+            common_name,
+            endpoints,
+            out: file,
+            merge,
+        } => pki::client(&pki::ClientRequest {
+            ca_dir: ca,
+            role: *role,
+            ttl: *ttl,
+            common_name: common_name.as_deref(),
+            endpoints: endpoints.clone(),
+            context,
+            out: file,
+            merge: *merge,
+        })
+        .map(|(name, crt)| {
+            format!(
+                "context {name} ({role}, {}) in {}: osctl --context {name} status{}",
+                pki::describe(&crt),
+                file.display(),
+                if Some(file.as_path()) == berth_remote::contexts::default_path().as_deref() {
+                    String::new()
+                } else {
+                    format!(" (with BERTH_CONFIG={})", file.display())
+                }
+            )
+        }),
+        PkiCmd::Issue { .. } => return ExitCode::from(2),
+    };
+    match r {
+        Ok(msg) => {
+            done(out, &msg);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("osctl: {e}");
+            ExitCode::from(Exit::Failed as u8)
+        }
+    }
+}
+
+/// `osctl pki issue`: the node mints a client file.
+async fn pki_issue(
+    m: &berth_api::ManagerProxy<'static>,
+    role: berth_api::Role,
+    ttl: Duration,
+    common_name: Option<String>,
+    out: Option<std::path::PathBuf>,
+    merge: bool,
+    addr: &Address,
+) -> Result<(), berth_api::ManagerError> {
+    use berth_api::ManagerError;
+    let name = common_name.unwrap_or_else(|| format!("osctl-{role}"));
+    let text = m.pki_issue(role.as_str(), ttl.as_secs(), &name).await?;
+    let mut file = berth_remote::ClientFile::from_toml(&text).map_err(|e| {
+        ManagerError::Failed(berth_osctl::pki::PkiCmdError::BadIssued(e).to_string())
+    })?;
+    // The node may not know how it was reached: fill in the endpoint used.
+    if let Address::Tls(r) = addr {
+        for c in file.contexts.values_mut() {
+            if c.endpoints.is_empty() {
+                c.endpoints.push(r.endpoint.clone());
+            }
+        }
+    }
+    let about: Vec<String> = file
+        .contexts
+        .iter()
+        .map(|(n, c)| {
+            format!(
+                "context {n} ({role}, {})",
+                berth_osctl::pki::describe(&c.cert)
+            )
+        })
+        .collect();
+    match out {
+        Some(path) => {
+            berth_osctl::pki::save_client_file(file, &path, merge)
+                .map_err(|e| ManagerError::Failed(e.to_string()))?;
+            println!("{} in {}", about.join(", "), path.display());
+        }
+        None => {
+            eprintln!("{}", about.join(", "));
+            print!("{}", file.to_toml());
+        }
+    }
+    Ok(())
 }
