@@ -12,7 +12,9 @@ use std::time::Duration;
 
 const DAY: Duration = Duration::from_secs(86400);
 
-struct Node;
+struct Node {
+    ca: (String, String),
+}
 
 #[zbus::interface(name = "org.berth.Manager1")]
 impl Node {
@@ -34,6 +36,30 @@ impl Node {
         }
     }
 
+    /// As sysd: a client file with one context called `name`, no endpoint.
+    fn pki_issue(&self, role: &str, ttl_secs: u64, name: &str) -> Result<String, ManagerError> {
+        let ca = Ca::from_pem(&self.ca.0, &self.ca.1)
+            .map_err(|e| ManagerError::Failed(e.to_string()))?;
+        let role = Role::parse(role).ok_or_else(|| ManagerError::Invalid(role.into()))?;
+        let ck = ca
+            .issue_client(name, role, Duration::from_secs(ttl_secs))
+            .map_err(|e| ManagerError::Failed(e.to_string()))?;
+        let mut f = berth_remote::ClientFile {
+            context: Some(name.into()),
+            ..Default::default()
+        };
+        f.contexts.insert(
+            name.into(),
+            berth_remote::Context {
+                ca: Some(ca.cert_pem().into()),
+                cert: ck.cert_pem,
+                key: ck.key_pem,
+                ..Default::default()
+            },
+        );
+        Ok(f.to_toml())
+    }
+
     fn ps(&self) -> Result<Vec<berth_api::ContainerInfo>, ManagerError> {
         Err(ManagerError::Denied(
             "role reader cannot call Ps: it needs operator".into(),
@@ -47,6 +73,7 @@ fn start_node(ca: &Ca) -> std::net::SocketAddr {
         .issue_server(&[], &["127.0.0.1".parse().unwrap()], DAY, None)
         .unwrap();
     let cfg = tls::server_config(ca.cert_pem(), &node, Arc::new(|_: &str| false)).unwrap();
+    let pair = (ca.cert_pem().to_string(), ca.key_pem().to_string());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -61,6 +88,7 @@ fn start_node(ca: &Ca) -> std::net::SocketAddr {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let acceptor = acceptor.clone();
+                let ca = pair.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -70,7 +98,7 @@ fn start_node(ca: &Ca) -> std::net::SocketAddr {
                         .unwrap()
                         .p2p()
                         .auth_mechanism(zbus::AuthMechanism::Anonymous)
-                        .serve_at(berth_api::OBJECT_PATH, Node)
+                        .serve_at(berth_api::OBJECT_PATH, Node { ca })
                         .unwrap()
                         .build()
                         .await;
@@ -179,6 +207,45 @@ fn status_over_tls_and_a_denied_call() {
 
     // Off the machine, the current context is the default.
     let o = osctl(&cfg, &["status"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    // pki issue: the node mints a client file; osctl fills in the endpoint it used.
+    let issued = d.path().join("issued.toml");
+    let o = osctl(
+        &cfg,
+        &[
+            "pki", "issue", "--role", "operator", "--ttl", "2h", "--name", "ops1", "--out",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "--out needs a value");
+    let o = osctl(
+        &cfg,
+        &[
+            "pki",
+            "issue",
+            "--role",
+            "operator",
+            "--ttl",
+            "2h",
+            "--name",
+            "ops1",
+            "--out",
+            issued.to_str().unwrap(),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.starts_with("context ops1 (operator, serial "), "{out}");
+    let f = berth_remote::ClientFile::load(&issued).unwrap();
+    assert_eq!(f.contexts["ops1"].endpoints, vec![addr.to_string()]);
+    let id = pki::identity_pem(&f.contexts["ops1"].cert).unwrap();
+    assert_eq!(
+        (id.common_name.as_str(), id.role),
+        ("ops1", Some(Role::Operator))
+    );
+    assert!((id.not_after - id.not_before - 7200 - 300).abs() < 5);
+    // The new file works on its own.
+    let o = osctl(&issued, &["status"]);
     assert!(o.status.success(), "{:?}", text(&o));
 }
 
