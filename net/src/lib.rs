@@ -11,9 +11,18 @@
 //! println!("{}", nl.status().await?);
 //! # let _ = resolv_conf; Ok(()) }
 //! ```
+//!
+//! The workload bridge (`network = "bridge"`, see `docs/NETWORK.md`) is four modules that
+//! sysd drives: [`bridge`] (bridge `berth0`, a veth pair per container), [`ipam`] (the
+//! persistent address of each container), [`ports`] (published ports and their conflicts)
+//! and [`nat`] (the nf_tables table `ip berth`: masquerade and the published ports).
 
+pub mod bridge;
 pub mod dhcp;
+pub mod ipam;
+pub mod nat;
 pub mod netlink;
+pub mod ports;
 
 use std::net::IpAddr;
 
@@ -21,8 +30,14 @@ use berth_config::{AddressMode, Cidr, Interface, Network, RouteTarget};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use bridge::{
+    attach, detach, ensure_bridge, sweep, Attachment, BridgeConfig, BridgeError, Netns,
+};
 pub use dhcp::{DhcpClient, DhcpError, DhcpEvent, DhcpOptions, DhcpState, Lease};
+pub use ipam::{Ipam, IpamError};
+pub use nat::{NatConfig, NatError, Nft, Published};
 pub use netlink::{InterfaceStatus, Link, NetStatus, Netlink, NetlinkError, RouteInfo};
+pub use ports::{PortConflict, PortMapping, Proto};
 
 /// Failures of [`apply`].
 #[derive(Debug, thiserror::Error)]

@@ -201,6 +201,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for the bridge module.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Every link.
     pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let mut out = Vec::new();
