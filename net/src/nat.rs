@@ -342,9 +342,11 @@ impl Nft {
         batch.extend(body);
         batch.push(control(ControlMessage::BatchEnd));
         let mut waiting = Vec::new();
+        let mut ours = Vec::new();
         for m in &mut batch {
             let seq = self.next_seq();
             m.header.sequence_number = seq;
+            ours.push(seq);
             if m.header.flags & NLM_F_ACK != 0 {
                 waiting.push(seq);
             }
@@ -355,7 +357,9 @@ impl Nft {
             for reply in self.recv(what)? {
                 if let NetlinkPayload::Error(e) = reply.payload {
                     let seq = reply.header.sequence_number;
-                    if !waiting.contains(&seq) {
+                    // A refused batch (no permission, say) is answered on the batch
+                    // begin message, which asked for no acknowledgement.
+                    if !ours.contains(&seq) {
                         continue;
                     }
                     waiting.retain(|s| *s != seq);
