@@ -13,12 +13,12 @@ pub mod mountinfo;
 pub mod roles;
 
 pub use boot::{BootInfo, Phase};
-pub use roles::{Method, Role};
 #[cfg(feature = "dbus")]
 pub use manager::{
-    ContainerInfo, ContainerStats, ExecOutput, ExecReply, ImageInfo, LogChunk, ManagerError,
-    ManagerProxy, MountStatus, RunRequest, Status,
+    ApiStatus, ContainerInfo, ContainerStats, ExecOutput, ExecReply, ImageInfo, LogChunk,
+    ManagerError, ManagerProxy, MountStatus, RunRequest, Status,
 };
+pub use roles::{Method, Role};
 
 /// Well-known bus name of the manager (used as the destination on a bus; ignored peer-to-peer).
 pub const BUS_NAME: &str = "org.berth";
@@ -36,5 +36,10 @@ pub const BOOT_INFO_PATH: &str = "/run/berth/boot.json";
 pub const BOOT_COUNT_PATH: &str = "/var/lib/berth/boot-count";
 /// Environment variable telling sysd which file descriptor to write `READY\n` to.
 pub const READY_FD_ENV: &str = "BERTH_READY_FD";
+/// Default TCP port of the remote API (`[api] listen`).
+pub const API_PORT: u16 = 7443;
+/// The name under which `Logs`/`LogsFrom` read the remote API's audit log (no container
+/// can have it: container names start with a letter or digit).
+pub const AUDIT_LOG_NAME: &str = "@api";
 /// OS release data shipped in the root image.
 pub const OS_RELEASE_PATH: &str = "/usr/lib/berth/os-release";

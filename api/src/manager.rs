@@ -72,6 +72,32 @@ pub struct Status {
     pub config_change: String,
 }
 
+/// Answer of `ApiStatus()`: the remote API listener (`[api]`). A method of its own rather
+/// than fields of [`Status`]: a D-Bus struct's signature is checked exactly, so a field
+/// added to `Status` would make every older osctl fail to read `Status` at all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
+pub struct ApiStatus {
+    /// `off` (no `[api] ca`), `listening`, or `failed` (see `error`).
+    pub state: String,
+    /// The address from `[api] listen`.
+    pub listen: String,
+    /// SHA-256 of the node certificate's public key (SubjectPublicKeyInfo), lower-case hex:
+    /// what a client pins when the node certificate is self-signed. Empty when off.
+    pub fingerprint: String,
+    /// Where the node certificate comes from: `config` (`[api] cert`), `ca` (made by the
+    /// node, signed by `[api] ca_key`) or `self-signed`. Empty when off.
+    pub cert_source: String,
+    /// The node certificate's end of validity, Unix seconds (0 when off).
+    pub cert_not_after: i64,
+    /// Whether an admin can mint client configs on this node (`PkiIssue`: `[api] ca_key`).
+    pub can_issue: bool,
+    /// Connections open now (handshaking or served).
+    pub connections: u32,
+    /// Why the listener is not running, or its last problem (a certificate renewal that
+    /// failed); empty when fine.
+    pub error: String,
+}
+
 /// One container, as `osctl ps` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, Type)]
 pub struct ContainerInfo {
@@ -267,6 +293,14 @@ pub trait Manager {
         allow_downgrade: bool,
         force: bool,
     ) -> Result<String, ManagerError>;
+    /// The remote API listener: state, address, node certificate fingerprint.
+    fn api_status(&self) -> Result<ApiStatus, ManagerError>;
+    /// Mint a client certificate with `role` (`admin`, `operator`, `reader`) for `name`
+    /// (its Subject CN), valid `ttl_secs` seconds (0 = 24 h), signed by the node's
+    /// `[api] ca_key`; returns an osctl client file (TOML, one context called `name`, with
+    /// the CA, certificate, key and this node's endpoint). Admin only; refused when the
+    /// node has no `ca_key`.
+    fn pki_issue(&self, role: &str, ttl_secs: u64, name: &str) -> Result<String, ManagerError>;
     /// Boot the other slot next time and keep it; JSON: its boot entry.
     fn update_rollback(&self, force: bool) -> Result<String, ManagerError>;
     /// Progress of a running update apply: a step starting (`detail` says what it does,

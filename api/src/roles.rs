@@ -87,6 +87,7 @@ methods! {
     Images => Reader,
     Config => Reader,
     UpdateStatus => Reader,
+    ApiStatus => Reader,
     Start => Operator,
     Stop => Operator,
     Restart => Operator,
@@ -108,6 +109,7 @@ methods! {
     ConfigApply => Admin,
     PowerOff => Admin,
     KillSupervisor => Admin,
+    PkiIssue => Admin,
 }
 
 impl fmt::Display for Method {
@@ -149,6 +151,8 @@ mod tests {
         assert!(!Role::Operator.may_call(Method::ConfigApply));
         assert!(Role::Operator.may_call(Method::Reboot));
         assert!(Role::Reader.may_call(Method::Ps));
+        assert!(Role::Reader.may_call(Method::ApiStatus));
+        assert!(!Role::Operator.may_call(Method::PkiIssue));
         assert!(Method::ALL.iter().all(|m| Role::Admin.may_call(*m)));
     }
 }
