@@ -66,6 +66,13 @@ pub struct BuildOutput {
     /// Firmware files in the initramfs, relative to `/lib/firmware`.
     #[serde(default)]
     pub firmware: Vec<String>,
+    /// Slot A's kernel command line (the boot entry's `options`).
+    #[serde(default)]
+    pub boot_options: String,
+    /// Slot A's kernel, initrd and command line for a direct kernel boot without firmware
+    /// or boot loader (`qemu/run.sh --direct`): `vmlinuz`, `initrd.img`, `cmdline`.
+    #[serde(default)]
+    pub direct_boot: PathBuf,
 }
 
 /// Build failures, each naming the step and file involved.
@@ -537,6 +544,27 @@ pub fn copy_into(disk: &mut fs::File, offset: u64, src: &Path) -> std::io::Resul
     }
 }
 
+/// Slot A's boot files side by side for a direct kernel boot (QEMU `-kernel`, `-initrd`,
+/// `-append`): the same kernel, initrd and command line as the disk's boot entry, so a VM
+/// booted this way runs exactly what the firmware and boot loader would have started.
+fn write_direct_boot(
+    dir: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    options: &str,
+) -> Result<(), BuildError> {
+    io("creating", dir, fs::create_dir_all(dir))?;
+    for (src, name) in [(kernel, "vmlinuz"), (initrd, "initrd.img")] {
+        let dst = dir.join(name);
+        io("copying to", &dst, fs::copy(src, &dst).map(drop))?;
+    }
+    write(
+        &dir.join("cmdline"),
+        format!("{}\n", options.trim()).as_bytes(),
+        0o644,
+    )
+}
+
 /// Run the whole build.
 pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     let out = &opts.out_dir;
@@ -574,6 +602,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
     };
     let esp = out.join("esp.img");
     make_esp(opts, &esp, &kernel, &initrd, &entry)?;
+    let direct_boot = out.join("direct");
+    write_direct_boot(&direct_boot, &kernel, &initrd, &entry.options)?;
 
     let (parts, total) = layout::layout(opts.arch, opts.sizes, &opts.build_id);
     let disk = out.join("berth.img");
@@ -651,6 +681,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
         kernel_image: kernel,
         modules: mods.modules,
         firmware: mods.firmware,
+        boot_options: entry.options.trim().to_string(),
+        direct_boot,
     };
     let json = serde_json::to_string_pretty(&output).unwrap_or_default();
     write(&out.join("image.json"), json.as_bytes(), 0o644)?;

@@ -14,6 +14,9 @@ pub const LOAD_LIST: &str = "berth.load";
 pub struct Loaded {
     pub loaded: u32,
     pub already: u32,
+    /// Modules whose init said ENODEV: the machine lacks what they drive (efivarfs on a
+    /// direct kernel boot without UEFI). Not a failure.
+    pub absent: Vec<String>,
     pub failed: Vec<String>,
 }
 
@@ -31,6 +34,7 @@ pub fn load_all(dir: &Path) -> Loaded {
         match res {
             Ok(()) => out.loaded += 1,
             Err(nix::Error::EEXIST) => out.already += 1,
+            Err(nix::Error::ENODEV) => out.absent.push(rel.to_string()),
             Err(e) => out.failed.push(format!("{rel}: {e}")),
         }
     }

@@ -55,6 +55,7 @@ fn arm64_boots_runs_containers_and_powers_off() {
         &image,
         &BootOpts {
             extra: vec!["--arch".into(), "arm64".into()],
+            uefi: true,
             ..Default::default()
         },
     );

@@ -19,6 +19,7 @@ fn lifecycle() {
     // and filesystem grow at first boot.
     let big = BootOpts {
         disk_size: Some("4G".into()),
+        uefi: true,
         ..Default::default()
     };
     let vm = Vm::boot("lifecycle", &image, &big);
@@ -143,7 +144,14 @@ fn damaged_disk() {
         .unwrap();
     assert!(st.success(), "sfdisk --delete");
 
-    let vm = Vm::boot("damaged", &image, &BootOpts::default());
+    let vm = Vm::boot(
+        "damaged",
+        &image,
+        &BootOpts {
+            uefi: true,
+            ..Default::default()
+        },
+    );
     let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
     assert!(
         log.contains("is corrupted"),
@@ -188,6 +196,7 @@ fn corrupt_root_is_reported() {
         &image,
         &BootOpts {
             extra: vec!["--no-reboot".into()],
+            uefi: true,
             ..Default::default()
         },
     );

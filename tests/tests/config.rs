@@ -367,6 +367,8 @@ command = ["/bin/sh", "-c", "cat /app/greeting /proc/sys/vm/swappiness; trap 'ex
         &disk,
         &BootOpts {
             extra: vec!["--registry-port".into(), port.to_string()],
+            // The command line edited on the disk: only the boot loader reads it.
+            uefi: true,
             ..Default::default()
         },
     );

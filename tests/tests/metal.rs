@@ -56,6 +56,7 @@ fn boot_image(
     let opts = BootOpts {
         disk_size: disk_size.map(str::to_string),
         extra: extra.iter().map(|s| s.to_string()).collect(),
+        uefi: true,
         ..Default::default()
     };
     let vm = Vm::boot(name, image, &opts);

@@ -219,6 +219,7 @@ fn boot_v1(
         config: Some(cfg),
         disk_size: Some("1600M".into()),
         extra: vec!["--registry-port".into(), port.to_string()],
+        uefi: true,
     };
     let vm = Vm::boot(name, image, &opts);
     vm.wait_serial("berth: ready", BOOT_TIMEOUT);
