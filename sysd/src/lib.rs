@@ -8,10 +8,12 @@
 //! ([`bridge`]), and tells PID 1 when the machine is ready.
 
 pub mod api;
+pub mod audit;
 pub mod bridge;
 pub mod containers;
 pub mod exec;
 pub mod node;
+pub mod remote;
 pub mod status;
 mod sys;
 pub mod update;

@@ -75,17 +75,27 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
     let updates = berth_sysd::update::NodeUpdates::new();
     let socket = Path::new(berth_api::SOCKET_PATH);
     let listener = berth_sysd::api::listen(socket)?;
-    tokio::spawn(berth_sysd::api::serve(
-        listener,
-        berth_sysd::api::Manager {
-            sysd_start: start,
-            containers: containers.clone(),
-            node: Some(node.clone()),
-            updates: Some(updates.clone()),
-            exec: Default::default(),
-            owner: String::new(),
-        },
-    ));
+    let audit = berth_sysd::audit::Audit::start(&paths.logs);
+    let mut manager = berth_sysd::api::Manager {
+        sysd_start: start,
+        containers: containers.clone(),
+        node: Some(node.clone()),
+        updates: Some(updates.clone()),
+        exec: Default::default(),
+        owner: String::new(),
+        caller: Default::default(),
+        audit: Some(audit.clone()),
+        remote: None,
+    };
+    // The remote API (off without [api] ca); its connections share the exec sessions.
+    let remote = berth_sysd::remote::start(
+        node.watch_config(),
+        manager.clone(),
+        audit,
+        Default::default(),
+    );
+    manager.remote = Some(remote);
+    tokio::spawn(berth_sysd::api::serve(listener, manager));
 
     if let Err(e) = berth_sysd::bridge::start(socket) {
         tracing::warn!("no host access to osctl: {:#}", anyhow::Error::from(e));

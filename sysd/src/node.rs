@@ -180,7 +180,8 @@ pub struct Node {
     network: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     store: berth_config::store::Store,
     boot: u64,
-    config: std::sync::Mutex<Config>,
+    /// The config in force; the remote API listener watches it.
+    config: tokio::sync::watch::Sender<Config>,
     /// Where the config in force came from and what went wrong, when sysd knows better
     /// than PID 1's boot record (the `berth.config=` URL, which only sysd can fetch).
     source: std::sync::Mutex<Option<(String, String)>>,
@@ -257,17 +258,19 @@ impl Node {
             network: std::sync::Mutex::new(None),
             store: berth_config::store::Store::new(Path::new("/var")),
             boot,
-            config: std::sync::Mutex::new(config),
+            config: tokio::sync::watch::Sender::new(config),
             source: std::sync::Mutex::new(None),
         })
     }
 
     /// The config in force.
     pub fn config(&self) -> Config {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.borrow().clone()
+    }
+
+    /// The config in force and its changes (a config apply, the first-boot fetch).
+    pub fn watch_config(&self) -> tokio::sync::watch::Receiver<Config> {
+        self.config.subscribe()
     }
 
     /// Where the config in force came from and its error, when sysd overrides PID 1's
@@ -336,7 +339,7 @@ impl Node {
         if let Err(e) = self.store.persist(&config) {
             problems.push(format!("accepted but not persisted: {e}"));
         }
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        self.config.send_replace(config.clone());
         problems.extend(self.apply_live(&config).await);
         let error = if problems.is_empty() {
             String::new()
@@ -520,7 +523,7 @@ impl Node {
             .begin_trial(&config, self.boot, unix_now(), deadline)
             .map_err(|e| ManagerError::Invalid(format!("{e}; wait for it to finish")))?;
         tracing::info!("config on trial for {deadline} s");
-        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        self.config.send_replace(config.clone());
         let problems = self.apply_live(&config).await;
         for p in &problems {
             tracing::warn!("config apply: {p}");

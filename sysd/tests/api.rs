@@ -22,6 +22,9 @@ fn bare(sysd_start: u32) -> berth_sysd::api::Manager {
         updates: None,
         exec: Default::default(),
         owner: String::new(),
+        caller: Default::default(),
+        audit: None,
+        remote: None,
     }
 }
 
