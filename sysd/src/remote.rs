@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Where the node keeps the certificate and key it makes for itself.
@@ -310,7 +310,11 @@ async fn listen(
                     log: log.clone(),
                     timeout: opts.handshake_timeout,
                 };
-                tokio::spawn(conn.serve(tcp, addr, permit));
+                let local = tcp
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(conn.serve(tcp, addr, local, Some(permit)));
             }
             _ = check.tick() => {
                 let (names, ips) = sans(config).await;
@@ -404,17 +408,25 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(
+    /// Handshake, check the identity, and serve the API on `stream` from `addr` (reaching
+    /// the node at `local`). `permit` is a handshake slot, given back after the handshake.
+    async fn serve<S>(
         self,
-        tcp: TcpStream,
+        stream: S,
         addr: SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
+        local: SocketAddr,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) where
+        S: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + Send
+            + Sync
+            + Unpin
+            + std::fmt::Debug
+            + 'static,
+    {
         let _counted = Counted::new(self.api.clone());
-        let local = tcp
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _ = tcp.set_nodelay(true);
+        let tcp = stream;
         let tls = match tokio::time::timeout(self.timeout, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -746,4 +758,177 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Fuzz entry point for the TLS-framed transport: `data` as the first bytes of a connection
+/// (before the TLS handshake), then as application data after a real handshake (in place
+/// of D-Bus), each on an in-memory connection served exactly as a TCP one. Neither may panic
+/// or hang (5 s), and a good client is served afterwards. The fuzzing client is a `reader`,
+/// so nothing it might stumble on changes the machine it runs on.
+pub fn fuzz_tls_transport(data: &[u8]) {
+    static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+    let f = FIXTURE.get_or_init(Fixture::new);
+    f.rt.block_on(f.run(data));
+}
+
+/// What every fuzz input reuses: keys, configs, the runtime.
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    acceptor: tokio_rustls::TlsAcceptor,
+    client: Arc<tokio_rustls::rustls::ClientConfig>,
+    api: Arc<RemoteApi>,
+    manager: Manager,
+    audit: Arc<Audit>,
+    config: watch::Receiver<Config>,
+    _keep: watch::Sender<Config>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let day = Duration::from_secs(86400);
+        let ca = pki::Ca::generate("fuzz CA", day).expect("a CA");
+        let node = ca
+            .issue_server(&["localhost".into()], &[], day, None)
+            .expect("a node certificate");
+        let client = ca
+            .issue_client("fuzz", berth_api::Role::Reader, day)
+            .expect("a client certificate");
+        let mut config = Config::default();
+        config.api.ca = Some(ca.cert_pem().into());
+        let (tx, rx) = watch::channel(config);
+        let acceptor = acceptor(ca.cert_pem(), &node, Arc::new(|_: &str| false)).expect("TLS");
+        let client = berth_remote::tls::client_config(
+            &berth_remote::tls::ServerTrust::Ca(ca.cert_pem().into()),
+            &client,
+        )
+        .expect("TLS");
+        let dir = std::env::temp_dir().join(format!("berth-fuzz-audit-{}", std::process::id()));
+        let audit = {
+            let _rt = rt.enter();
+            Audit::start(&dir)
+        };
+        let api = Arc::new(RemoteApi {
+            status: Default::default(),
+            connections: Default::default(),
+            config: rx.clone(),
+        });
+        let manager = Manager {
+            remote: Some(api.clone()),
+            audit: Some(audit.clone()),
+            ..Default::default()
+        };
+        Fixture {
+            rt,
+            acceptor,
+            client,
+            api,
+            manager,
+            audit,
+            config: rx,
+            _keep: tx,
+        }
+    }
+
+    /// Serve one in-memory connection; returns the client's end and the server task.
+    fn connect(&self) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 << 10);
+        let conn = Conn {
+            api: self.api.clone(),
+            acceptor: self.acceptor.clone(),
+            manager: self.manager.clone(),
+            audit: self.audit.clone(),
+            config: self.config.clone(),
+            stale: Default::default(),
+            log: Arc::new(Mutex::new(RateLimit::new(0))),
+            timeout: Duration::from_secs(2),
+        };
+        let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
+        let local = SocketAddr::from(([192, 0, 2, 2], 7443));
+        (client, tokio::spawn(conn.serve(server, peer, local, None)))
+    }
+
+    async fn run(&self, data: &[u8]) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limit = Duration::from_secs(5);
+        // Before the handshake.
+        let (client, server) = self.connect();
+        let (mut r, mut w) = tokio::io::split(client);
+        let junk = data.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&junk).await;
+            let _ = w.shutdown().await;
+        });
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
+        let _ = writer.await;
+        assert!(
+            tokio::time::timeout(limit, server).await.is_ok(),
+            "the server hangs on bytes before the handshake"
+        );
+        // After a real handshake, in place of D-Bus.
+        let (client, server) = self.connect();
+        let name = berth_remote::tls::server_name("localhost").expect("a name");
+        let tls = tokio_rustls::TlsConnector::from(self.client.clone())
+            .connect(name.clone(), client)
+            .await
+            .expect("the fuzzing client's handshake");
+        let (mut r, mut w) = tokio::io::split(tls);
+        let junk = data.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&junk).await;
+            let _ = w.shutdown().await;
+        });
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
+        let _ = writer.await;
+        assert!(
+            tokio::time::timeout(limit, server).await.is_ok(),
+            "the server hangs on application data after the handshake"
+        );
+        // And a good client is still served.
+        let (client, _server) = self.connect();
+        let tls = tokio_rustls::TlsConnector::from(self.client.clone())
+            .connect(name, client)
+            .await
+            .expect("a good handshake");
+        let conn = zbus::connection::Builder::socket(berth_remote::transport::zbus_socket(tls))
+            .p2p()
+            .auth_mechanism(zbus::AuthMechanism::Anonymous)
+            .build()
+            .await
+            .expect("a good D-Bus handshake");
+        let m = berth_api::ManagerProxy::new(&conn).await.expect("a proxy");
+        let s = tokio::time::timeout(limit, m.api_status())
+            .await
+            .expect("an answer in time");
+        assert!(s.is_ok(), "a good client is refused: {s:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fuzz_entry_point_survives_garbage_and_keeps_serving() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\x00".to_vec(),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            // The start of a TLS ClientHello, cut short.
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            // D-Bus authentication, then a message header that lies about its length.
+            b"\0AUTH ANONYMOUS\r\nBEGIN\r\nl\x01\x00\x01\xff\xff\xff\x7f\x01\x00\x00\x00".to_vec(),
+            b"\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n".to_vec(),
+        ];
+        // Larger than every buffer on the way.
+        inputs.push((0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect());
+        for i in &inputs {
+            fuzz_tls_transport(i);
+        }
+    }
 }

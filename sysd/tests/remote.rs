@@ -520,3 +520,46 @@ fn refusals_are_rate_limited_and_counted() {
     );
     assert_eq!(r.allow(t + Duration::from_secs(62)), (true, 0));
 }
+
+#[tokio::test]
+async fn a_certificate_without_a_role_or_out_of_date_is_refused_and_logged() {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    // A CA of our own making, so that it can sign what berth-remote would not.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "odd CA");
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = p.self_signed(&ca_key).unwrap();
+    let ca = Ca::from_pem(&ca_cert.pem(), &ca_key.serialize_pem()).unwrap();
+    let n = node_with(api_config(&ca, true), ca, Options::default()).await;
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "intruder");
+    p.distinguished_name.push(DnType::OrganizationName, "root");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let no_role = CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let err = n.connect(&no_role).await.unwrap_err();
+    assert!(!err.is_empty());
+    let log = n.audit_has("names no role").await;
+    assert!(log.contains("(CN \\\"intruder\\\")"), "{log}");
+    // Expired: refused in the handshake, with the time.
+    let now = unix_now();
+    let old = pki::testing::client_with_validity(&n.ca, "old", Role::Admin, now - 7200, now - 3600)
+        .unwrap();
+    let err = n.connect(&old).await.unwrap_err();
+    assert!(err.contains("expired"), "{err}");
+    n.audit_has("refused=\"client certificate expired").await;
+    // Neither took the listener down.
+    let (_c, m) = n.connect(&n.client("fine", Role::Reader)).await.unwrap();
+    assert!(m.status().await.is_ok());
+}
