@@ -500,11 +500,111 @@ impl Conn {
                 cut: Default::default(),
             })),
         };
-        let builder = zbus::connection::Builder::socket(berth_remote::transport::zbus_socket(tls))
-            .auth_mechanism(zbus::AuthMechanism::Anonymous);
+        let guarded = AuthGuard::new(tls);
+        let builder =
+            zbus::connection::Builder::socket(berth_remote::transport::zbus_socket(guarded))
+                .auth_mechanism(zbus::AuthMechanism::Anonymous);
         if let Err(e) = crate::api::serve_p2p(builder, manager).await {
             tracing::debug!("api: connection from {addr} ended: {e}");
         }
+    }
+}
+
+/// Most bytes a client may send before its D-Bus authentication ends (`BEGIN`).
+const AUTH_MAX: usize = 16 << 10;
+
+/// Checks a client's D-Bus authentication lines before zbus reads them: every line ends in
+/// `\r\n` and all of them together are at most [`AUTH_MAX`] bytes; past `BEGIN` the bytes
+/// pass untouched. zbus 5.19 indexes the byte before a line feed without checking that
+/// there is one, so a line feed at the start of its buffer (`"\n"`, or
+/// `"\0AUTH ANONYMOUS\r\n\n"`) panics, which aborts sysd (the release build has
+/// `panic = "abort"`); and it keeps an unterminated line in memory however long it grows.
+/// Found by the `api_tls_transport` fuzz target.
+#[derive(Debug)]
+pub struct AuthGuard<S> {
+    inner: S,
+    prev: u8,
+    /// The start of the current line (enough to recognize `BEGIN\r`).
+    line: Vec<u8>,
+    seen: usize,
+    done: bool,
+}
+
+impl<S> AuthGuard<S> {
+    /// Guard the authentication phase of `inner`.
+    pub fn new(inner: S) -> Self {
+        AuthGuard {
+            inner,
+            prev: 0,
+            line: Vec::with_capacity(8),
+            seen: 0,
+            done: false,
+        }
+    }
+
+    fn check(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        for &b in data {
+            if self.done {
+                break;
+            }
+            self.seen += 1;
+            if self.seen > AUTH_MAX {
+                return Err(bad("the D-Bus authentication is too long"));
+            }
+            if b == b'\n' {
+                if self.prev != b'\r' {
+                    return Err(bad("a D-Bus authentication line does not end in CR LF"));
+                }
+                self.done = self.line == b"BEGIN\r";
+                self.line.clear();
+            } else if self.line.len() < 8 {
+                self.line.push(b);
+            }
+            self.prev = b;
+        }
+        Ok(())
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for AuthGuard<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if !this.done {
+            let new = buf.filled()[before..].to_vec();
+            this.check(&new)?;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for AuthGuard<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -865,10 +965,11 @@ impl Fixture {
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
         let _ = writer.await;
-        assert!(
-            tokio::time::timeout(limit, server).await.is_ok(),
-            "the server hangs on bytes before the handshake"
-        );
+        match tokio::time::timeout(limit, server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the server failed on bytes before the handshake: {e}"),
+            Err(_) => panic!("the server hangs on bytes before the handshake"),
+        }
         // After a real handshake, in place of D-Bus.
         let (client, server) = self.connect();
         let name = berth_remote::tls::server_name("localhost").expect("a name");
@@ -885,10 +986,11 @@ impl Fixture {
         let mut sink = Vec::new();
         let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
         let _ = writer.await;
-        assert!(
-            tokio::time::timeout(limit, server).await.is_ok(),
-            "the server hangs on application data after the handshake"
-        );
+        match tokio::time::timeout(limit, server).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the server failed on application data: {e}"),
+            Err(_) => panic!("the server hangs on application data after the handshake"),
+        }
         // And a good client is still served.
         let (client, _server) = self.connect();
         let tls = tokio_rustls::TlsConnector::from(self.client.clone())
@@ -924,11 +1026,34 @@ mod tests {
             // D-Bus authentication, then a message header that lies about its length.
             b"\0AUTH ANONYMOUS\r\nBEGIN\r\nl\x01\x00\x01\xff\xff\xff\x7f\x01\x00\x00\x00".to_vec(),
             b"\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n".to_vec(),
+            // Found by the fuzz target: a line feed first panicked zbus's handshake.
+            b"\n".to_vec(),
+            b"\0AUTH ANONYMOUS\r\n\n".to_vec(),
+            // An endless authentication line.
+            vec![b'A'; 100_000],
         ];
         // Larger than every buffer on the way.
         inputs.push((0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect());
         for i in &inputs {
             fuzz_tls_transport(i);
         }
+    }
+
+    #[test]
+    fn the_auth_guard_passes_good_authentication_and_stops_bad() {
+        let mut g = AuthGuard::new(());
+        g.check(b"\0AUTH ANONYMOUS 6c6f\r\nDATA\r\nNEGOTIATE")
+            .unwrap();
+        g.check(b"_UNIX_FD\r\nBEGIN\r\nl\n\n\x00anything").unwrap();
+        assert!(g.done);
+        for bad in [&b"\n"[..], b"\0AUTH\r\n\n", b"\0AUTH\n"] {
+            assert!(AuthGuard::new(()).check(bad).is_err(), "{bad:?}");
+        }
+        let mut g = AuthGuard::new(());
+        assert!(g.check(&vec![b'A'; AUTH_MAX + 1]).is_err());
+        // "BEGIN" only counts as a whole line.
+        let mut g = AuthGuard::new(());
+        g.check(b"\0XBEGIN\r\nxxBEGIN\r\n").unwrap();
+        assert!(!g.done);
     }
 }
