@@ -225,6 +225,17 @@ impl Vm {
     }
 
     /// `osctl -o json status`, parsed; panics if osctl fails.
+    /// Wait until `osctl ps` shows the container `name` running.
+    pub fn wait_running(&self, name: &str) {
+        self.wait_for(&format!("{name} running"), Duration::from_secs(180), || {
+            let ps = self.osctl_json(&["ps"]);
+            ps.as_array()?
+                .iter()
+                .any(|c| c["name"] == name && c["state"] == "running")
+                .then_some(())
+        });
+    }
+
     pub fn status(&self) -> Value {
         let out = self.osctl(&["-o", "json", "status"]);
         assert!(

@@ -95,16 +95,6 @@ fn opened(p: &Probes) -> Vec<&str> {
         .collect()
 }
 
-fn wait_running(vm: &Vm, name: &str) {
-    vm.wait_for(&format!("{name} running"), Duration::from_secs(180), || {
-        let ps = vm.osctl_json(&["ps"]);
-        ps.as_array()?
-            .iter()
-            .any(|c| c["name"] == name && c["state"] == "running")
-            .then_some(())
-    });
-}
-
 #[test]
 fn a_root_workload_cannot_reach_the_host() {
     let image = image();
@@ -139,7 +129,7 @@ fn a_root_workload_cannot_reach_the_host() {
     // `osctl run` from the shipped image, default profile.
     vm.osctl_ok(&["run", "admin", "--name", "probe", "--", "sh", "-c", LOOP]);
     for name in ["probe", "probe-admin", "probe-mknod"] {
-        wait_running(&vm, name);
+        vm.wait_running(name);
     }
     let out = vm.osctl(&[
         "exec",
@@ -248,7 +238,7 @@ fn a_root_workload_cannot_reach_the_host() {
         "-c",
         LOOP,
     ]);
-    wait_running(&vm, "probe-userns");
+    vm.wait_running("probe-userns");
     let map = vm.osctl_ok(&["exec", "probe-userns", "--", "cat", "/proc/self/uid_map"]);
     let fields: Vec<&str> = map.split_whitespace().collect();
     assert_eq!(fields.first(), Some(&"0"), "{map}");
