@@ -3,8 +3,13 @@
 
 ARCH      ?= x86_64
 # cloud: Debian's cloud kernel, virtio only. metal: the generic kernel with storage and NIC
-# drivers for real hardware (kernel-config/modules-metal.txt), firmware, UART osctl channel.
+# drivers for real hardware (kernel-config/modules-metal.txt), firmware; managed over the
+# network (the TLS API, [api] in the config).
 PROFILE   ?= cloud
+# A UART as the osctl channel (`berth.osctl=<tty>`), only when asked at image build:
+# `make image PROFILE=metal OSCTL_UART=ttyS1`. Off by default: on servers ttyS1 is often
+# the BMC's serial-over-LAN, and a serial line carries no authentication.
+OSCTL_UART ?=
 ifeq ($(PROFILE),metal)
 BUILD     := build/$(ARCH)-metal
 KERNEL_FLAVOUR := generic
@@ -100,9 +105,11 @@ $(UPDATE_KEY).pub: | image-tool
 	$(IMAGE_TOOL) keygen --out $(UPDATE_KEY)
 
 image: deps kernel bins image-tool $(UPDATE_KEY).pub
+	mkdir -p $(BUILD)
+	printf '%s%s\n' "$$(cat $(CMDLINE))" "$(if $(OSCTL_UART), berth.osctl=$(OSCTL_UART))" > $(BUILD)/cmdline.txt
 	$(IMAGE_TOOL) build --arch $(ARCH) --kernel $(BUILD)/kernel --bin $(BIN_DIR) \
 		--out $(BUILD) --build-id $(BUILD_ID) --os-version $(OS_VERSION) \
-		--modules kernel-config/modules-$(PROFILE).txt --cmdline $(CMDLINE) \
+		--modules kernel-config/modules-$(PROFILE).txt --cmdline $(BUILD)/cmdline.txt \
 		--systemd-boot $(BUILD)/kernel/systemd-boot.efi $(if $(FIRMWARE_PKGS),--firmware $(BUILD)/firmware) \
 		--trusted-key $(UPDATE_KEY).pub
 

@@ -6,6 +6,7 @@
 //! `BERTH_OSCTL` (default `target/debug/osctl`). A missing image fails the test loudly.
 
 pub mod registry;
+pub mod remote;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -73,6 +74,18 @@ pub fn osctl_bin() -> PathBuf {
 pub struct Vm {
     pub dir: PathBuf,
     pub image: PathBuf,
+    /// Drive the machine over its TLS API port instead of the osctl channel (the
+    /// virtio-serial port or the UART): a client file and the context in it.
+    pub remote: Option<Remote>,
+}
+
+/// A client file (`osctl pki client`) and the context to use from it.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub file: PathBuf,
+    pub context: String,
+    /// The host port forwarded to the guest's API port.
+    pub port: u16,
 }
 
 /// Options for [`Vm::boot`].
@@ -98,6 +111,7 @@ impl Vm {
         let vm = Vm {
             dir,
             image: image.to_path_buf(),
+            remote: None,
         };
         vm.start(opts);
         vm
@@ -167,11 +181,22 @@ impl Vm {
 
     /// The host-side osctl command line for this VM, before the subcommand.
     pub fn osctl_argv(&self) -> Vec<String> {
-        vec![
-            osctl_bin().display().to_string(),
-            "--connect".into(),
-            format!("unix:path={}", self.dir.join("osctl.sock").display()),
-        ]
+        match &self.remote {
+            None => vec![
+                osctl_bin().display().to_string(),
+                "--connect".into(),
+                format!("unix:path={}", self.dir.join("osctl.sock").display()),
+            ],
+            Some(r) => vec![
+                "env".into(),
+                "-u".into(),
+                "BERTH_CONNECT".into(),
+                format!("BERTH_CONFIG={}", r.file.display()),
+                osctl_bin().display().to_string(),
+                "--context".into(),
+                r.context.clone(),
+            ],
+        }
     }
 
     /// Run the host-side osctl against this VM.
@@ -224,7 +249,6 @@ impl Vm {
         }
     }
 
-    /// `osctl -o json status`, parsed; panics if osctl fails.
     /// Wait until `osctl ps` shows the container `name` running.
     pub fn wait_running(&self, name: &str) {
         self.wait_for(&format!("{name} running"), Duration::from_secs(180), || {
@@ -236,6 +260,7 @@ impl Vm {
         });
     }
 
+    /// `osctl -o json status`, parsed; panics if osctl fails.
     pub fn status(&self) -> Value {
         let out = self.osctl(&["-o", "json", "status"]);
         assert!(

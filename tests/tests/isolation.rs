@@ -16,7 +16,6 @@ use berth_tests::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const LOOP: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
 

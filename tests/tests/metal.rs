@@ -1,15 +1,18 @@
 //! Whole-system tests of the bare-metal profile (`make image PROFILE=metal`): the metal
 //! image boots in QEMU with no virtio device at all, once per common disk type, and the
-//! host drives it with osctl over the second UART (`berth.osctl=ttyS1`).
+//! host drives it with osctl over the network: the mutual-TLS API on the emulated NIC
+//! (e1000/e1000e), reached through a QEMU `hostfwd` (the image has no serial osctl channel
+//! unless built with `OSCTL_UART=ttyS1`).
 //!
 //! Input: `BERTH_IMAGE_METAL` (set by `make system-test`, which builds the metal image).
 //! Three boots in all; each checks several things. Plus one boot of the arm64 metal image
 //! (`BERTH_IMAGE_ARM64_METAL`) from NVMe.
 
+use berth_tests::remote::{free_port, Pki};
 use berth_tests::*;
 use serde_json::Value;
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,13 +56,29 @@ fn boot_image(
     disk_size: Option<&str>,
 ) -> (Vm, String) {
     let hw = extra.join(" ");
+    // The API's CA and an admin client file; the node signs its own certificate.
+    let files = root()
+        .join("target/system-tests")
+        .join(format!("{name}-pki"));
+    let ca = Pki::init(&files);
+    let port = free_port();
+    let cfg = files.join("berth.toml");
+    std::fs::write(&cfg, ca.api_config(&[])).unwrap();
+    let (admin, _) = ca.client("ca", "admin", "1h", "admin", port);
+    let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    extra.extend(["--hostfwd".to_string(), format!("{port}:7443")]);
     let opts = BootOpts {
+        config: Some(cfg),
         disk_size: disk_size.map(str::to_string),
-        extra: extra.iter().map(|s| s.to_string()).collect(),
+        extra,
         uefi: true,
-        ..Default::default()
     };
-    let vm = Vm::boot(name, image, &opts);
+    let mut vm = Vm::boot(name, image, &opts);
+    vm.remote = Some(Remote {
+        file: admin,
+        context: "admin".into(),
+        port,
+    });
     let log = vm.wait_serial("berth: ready", BOOT_TIMEOUT);
     // The boot phases, for the record (`cargo test -- --nocapture` shows them).
     let phases: Vec<&str> = log
@@ -70,10 +89,21 @@ fn boot_image(
     for stage in ["berth: stage1 t=", "berth: modules t=", "berth: root t="] {
         assert!(log.contains(stage), "console lacks {stage:?}");
     }
+    // The API answers once the NIC has its address (DHCP, a few seconds after `ready`).
+    vm.wait_for(
+        "the TLS API on the emulated NIC",
+        Duration::from_secs(120),
+        || {
+            vm.osctl(&["-o", "json", "status"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
     (vm, log)
 }
 
-/// What every metal boot must show in `osctl status` (fetched over the UART channel): the
+/// What every metal boot must show in `osctl status` (fetched over TLS on the NIC): the
 /// verified root, /var on partition 4 of the expected disk, the boot disk, and an address
 /// from slirp's DHCP on the emulated NIC (polled: the link comes up a few seconds after
 /// `ready`).
@@ -120,12 +150,12 @@ fn check_status(vm: &Vm, disk: &str) -> Value {
     st
 }
 
-/// osctl status in text form works too (a second, separate host session on the UART).
+/// osctl status in text form works too (another TLS session).
 fn check_text_status(vm: &Vm) {
     let out = vm.osctl(&["status"]);
     assert!(
         out.status.success(),
-        "second osctl session over the UART failed: {}",
+        "another osctl session over TLS failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -176,16 +206,21 @@ fn ahci_e1000e_16g() {
     check_text_status(&vm);
 }
 
-/// NVMe disk + Intel e1000. Also: a host client that dies in the middle of a D-Bus message
-/// (the UART tells the guest nothing) does not break the next osctl session.
+/// NVMe disk + Intel e1000. Also: a host client that dies in the middle of a TLS
+/// handshake does not break the next osctl session, and no osctl channel is on a UART.
 #[test]
 fn nvme_e1000() {
-    let (vm, _) = boot("metal-nvme", "nvme", None);
+    let (vm, log) = boot("metal-nvme", "nvme", None);
+    assert!(
+        !log.contains("osctl bridge"),
+        "a serial osctl channel is on: {log}"
+    );
     check_status(&vm, "nvme0n1");
 
-    let mut c = UnixStream::connect(vm.dir.join("osctl.sock")).expect("osctl.sock");
-    // Auth, then the first 10 bytes of a 16-byte message header, then gone.
-    c.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\nl\x01\x00\x01\x10\x00\x00\x00\x01\x00")
+    let port = vm.remote.as_ref().map(|r| r.port).unwrap_or_default();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("the forwarded API port");
+    // The first bytes of a TLS 1.3 ClientHello record header, then gone.
+    c.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         .unwrap();
     drop(c);
     std::thread::sleep(Duration::from_secs(3));
@@ -204,7 +239,7 @@ fn usb_xhci_e1000e() {
 
 /// The arm64 metal image (`make image ARCH=arm64 PROFILE=metal`: Debian's generic arm64
 /// kernel, the metal module list for arm64) on QEMU's virt machine with an NVMe disk and an
-/// Intel e1000e: no virtio disk or NIC; osctl over virtio-serial (virt has one UART).
+/// Intel e1000e: no virtio disk or NIC; osctl over TLS on the e1000e.
 /// Input: `BERTH_IMAGE_ARM64_METAL` (set by `make system-test`).
 #[test]
 fn arm64_nvme_e1000e() {

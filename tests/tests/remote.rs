@@ -4,19 +4,13 @@
 //! (another CA, expired, revoked, no certificate, plain TCP), live revocation by config
 //! apply, and the audit log.
 
+use berth_tests::remote::{free_port, pki, text, Pki};
 use berth_tests::{image, osctl_bin, BootOpts, Vm, BOOT_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// osctl on the host with a client file and a context, never the Unix socket.
 fn remote(file: &Path, context: &str, args: &[&str]) -> Output {
@@ -29,75 +23,14 @@ fn remote(file: &Path, context: &str, args: &[&str]) -> Output {
         .expect("running osctl")
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn ok(file: &Path, context: &str, args: &[&str]) -> String {
     let o = remote(file, context, args);
-    assert!(o.status.success(), "osctl {args:?} as {context}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A local pki step (`osctl pki ...`); returns stdout.
-fn pki(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new(osctl_bin())
-        .current_dir(dir)
-        .env_remove("BERTH_CONNECT")
-        .arg("pki")
-        .args(args)
-        .output()
-        .expect("running osctl pki");
-    assert!(o.status.success(), "osctl pki {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// `serial <hex>` from what `osctl pki client` printed.
-fn serial_of(printed: &str) -> String {
-    printed
-        .split("serial ")
-        .nth(1)
-        .and_then(|s| s.split([',', ' ', ')']).next())
-        .unwrap_or_else(|| panic!("no serial in {printed:?}"))
-        .to_string()
-}
-
-fn client(dir: &Path, ca: &str, role: &str, ttl: &str, name: &str, port: u16) -> (PathBuf, String) {
-    let file = dir.join(format!("{name}.toml"));
-    let printed = pki(
-        dir,
-        &[
-            "client",
-            "--ca",
-            ca,
-            "--role",
-            role,
-            "--ttl",
-            ttl,
-            "--name",
-            name,
-            "--context",
-            name,
-            "--endpoint",
-            &format!("127.0.0.1:{port}"),
-            "--out",
-            file.to_str().unwrap(),
-        ],
+    assert!(
+        o.status.success(),
+        "osctl {args:?} as {context}: {}",
+        text(&o)
     );
-    (file, serial_of(&printed))
-}
-
-fn config(ca: &str, ca_key: &str, revoked: &[&str]) -> String {
-    let list: Vec<String> = revoked.iter().map(|s| format!("{s:?}")).collect();
-    format!(
-        "[host]\nhostname = \"remote\"\n\n[api]\nca = \"\"\"\n{ca}\"\"\"\nca_key = \"\"\"\n{ca_key}\"\"\"\nrevoked_serials = [{}]\n",
-        list.join(", ")
-    )
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The machine still answers a good client (after something hostile).
@@ -110,16 +43,18 @@ fn still_serving(file: &Path) {
 fn remote_api_over_mutual_tls() {
     let image = image();
     let dir = berth_tests::root().join("target/system-tests/remote-files");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    pki(&dir, &["init", "--out", "ca"]);
+    let ca = Pki::init(&dir);
     pki(&dir, &["init", "--out", "other", "--name", "Other CA"]);
-    let ca = std::fs::read_to_string(dir.join("ca/ca.crt")).unwrap();
-    let ca_key = std::fs::read_to_string(dir.join("ca/ca.key")).unwrap();
     let port = free_port();
 
     let cfg = dir.join("berth.toml");
-    std::fs::write(&cfg, config(&ca, &ca_key, &[])).unwrap();
+    let config = |revoked: &[&str]| {
+        format!(
+            "[host]\nhostname = \"remote\"\n\n{}",
+            ca.api_config(revoked)
+        )
+    };
+    std::fs::write(&cfg, config(&[])).unwrap();
     let vm = Vm::boot(
         "remote",
         &image,
@@ -140,17 +75,17 @@ fn remote_api_over_mutual_tls() {
             .join("\n")
     );
 
-    let (admin, _) = client(&dir, "ca", "admin", "1h", "admin", port);
-    let (reader, reader_serial) = client(&dir, "ca", "reader", "1h", "reader", port);
-    let (victim, victim_serial) = client(&dir, "ca", "operator", "1h", "victim", port);
-    let (short, _) = client(&dir, "ca", "admin", "1s", "short", port);
+    let (admin, _) = ca.client("ca", "admin", "1h", "admin", port);
+    let (reader, reader_serial) = ca.client("ca", "reader", "1h", "reader", port);
+    let (victim, victim_serial) = ca.client("ca", "operator", "1h", "victim", port);
+    let (short, _) = ca.client("ca", "admin", "1s", "short", port);
     // A client certificate from another CA in a file that trusts the node's CA: the node
     // must refuse it (not the client refuse the node).
-    let (foreign, _) = client(&dir, "other", "admin", "1h", "foreign", port);
+    let (foreign, _) = ca.client("other", "admin", "1h", "foreign", port);
     let other = std::fs::read_to_string(dir.join("other/ca.crt")).unwrap();
     let f = std::fs::read_to_string(&foreign).unwrap();
     assert!(f.contains(other.trim()), "{f}");
-    std::fs::write(&foreign, f.replace(other.trim(), ca.trim())).unwrap();
+    std::fs::write(&foreign, f.replace(other.trim(), ca.ca.trim())).unwrap();
 
     // The first connection may come while sysd still starts its listener.
     let start = Instant::now();
@@ -173,13 +108,23 @@ fn remote_api_over_mutual_tls() {
     vm.wait_running("ntpd");
     let t = Instant::now();
     ok(&admin, "admin", &["status"]);
-    println!("TLS status round trip (osctl process included): {:?}", t.elapsed());
+    println!(
+        "TLS status round trip (osctl process included): {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     vm.osctl_ok(&["status"]);
-    println!("virtio-serial status round trip (osctl process included): {:?}", t.elapsed());
+    println!(
+        "virtio-serial status round trip (osctl process included): {:?}",
+        t.elapsed()
+    );
     let ps = ok(&admin, "admin", &["ps"]);
     assert!(ps.contains("admin") && ps.contains("ntpd"), "{ps}");
-    let uname = ok(&admin, "admin", &["exec", "-T", "admin", "--", "uname", "-s"]);
+    let uname = ok(
+        &admin,
+        "admin",
+        &["exec", "-T", "admin", "--", "uname", "-s"],
+    );
     assert_eq!(uname.trim(), "Linux");
     let mut follow = Command::new(osctl_bin())
         .env("BERTH_CONFIG", &admin)
@@ -234,7 +179,11 @@ fn remote_api_over_mutual_tls() {
         .arg(format!("https://remote:{port}/"))
         .output()
         .unwrap();
-    assert!(!o.status.success(), "a TLS client without a certificate got in: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "a TLS client without a certificate got in: {}",
+        text(&o)
+    );
     let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
     plain
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -253,8 +202,12 @@ fn remote_api_over_mutual_tls() {
     // Revocation by config apply: the victim works, then its next call is refused.
     ok(&victim, "victim", &["ps"]);
     let revoked = dir.join("revoked.toml");
-    std::fs::write(&revoked, config(&ca, &ca_key, &[&victim_serial])).unwrap();
-    ok(&admin, "admin", &["config", "apply", revoked.to_str().unwrap()]);
+    std::fs::write(&revoked, config(&[&victim_serial])).unwrap();
+    ok(
+        &admin,
+        "admin",
+        &["config", "apply", revoked.to_str().unwrap()],
+    );
     let o = remote(&victim, "victim", &["ps"]);
     assert_eq!(o.status.code(), Some(3), "revoked client: {}", text(&o));
     still_serving(&admin);
@@ -263,8 +216,14 @@ fn remote_api_over_mutual_tls() {
     let audit = ok(&admin, "admin", &["logs", "--system", "api"]);
     assert!(audit.contains(&reader_serial), "{audit}");
     assert!(audit.contains("Exec"), "{audit}");
-    println!("audit log tail:\n{}", audit.lines().rev().take(6).collect::<Vec<_>>().join("\n"));
+    println!(
+        "audit log tail:\n{}",
+        audit.lines().rev().take(6).collect::<Vec<_>>().join("\n")
+    );
     // The refused handshakes were logged with the peer address.
     let console = vm.serial();
-    assert!(console.contains("127.0.0.1") || console.contains("10.0.2.2"), "{console}");
+    assert!(
+        console.contains("127.0.0.1") || console.contains("10.0.2.2"),
+        "{console}"
+    );
 }
