@@ -793,7 +793,104 @@ pub async fn serve_connection(
     stream: tokio::net::UnixStream,
     manager: Manager,
 ) -> zbus::Result<()> {
-    serve_p2p(zbus::connection::Builder::unix_stream(stream), manager).await
+    use zbus::connection::socket::Socket;
+    let (r, w) = stream.split().take();
+    let socket = guard_auth(zbus::connection::socket::Split::new(
+        Box::new(r),
+        Box::new(w),
+    ));
+    serve_p2p(zbus::connection::Builder::socket(socket), manager).await
+}
+
+/// Most bytes a client may send before its D-Bus authentication ends (`BEGIN`).
+pub const AUTH_MAX: usize = 16 << 10;
+
+/// `socket` with its client's D-Bus authentication lines checked before zbus reads them:
+/// every line ends in `\r\n`, and all of them together are at most [`AUTH_MAX`] bytes;
+/// past `BEGIN` the bytes pass untouched. zbus 5.19 indexes the byte before a line feed
+/// without checking that there is one, so a line feed at the start of its buffer (`"\n"`,
+/// or `"\0AUTH ANONYMOUS\r\n\n"`) panics, which aborts sysd (the release build has
+/// `panic = "abort"`); and it keeps an unterminated line in memory however long it grows.
+/// Found by the `api_tls_transport` fuzz target. Used on every connection: the local
+/// socket (which the serial bridge feeds from the host) and the TLS ones.
+pub fn guard_auth(
+    socket: zbus::connection::socket::BoxedSplit,
+) -> zbus::connection::socket::BoxedSplit {
+    let (r, w) = socket.take();
+    let read: Box<dyn zbus::connection::socket::ReadHalf> = Box::new(GuardedRead {
+        inner: r,
+        check: AuthCheck::default(),
+    });
+    zbus::connection::socket::Split::new(read, w)
+}
+
+/// The authentication lines seen so far.
+#[derive(Debug, Default)]
+struct AuthCheck {
+    prev: u8,
+    /// The start of the current line (enough to recognize `BEGIN\r`).
+    line: Vec<u8>,
+    seen: usize,
+    done: bool,
+}
+
+impl AuthCheck {
+    fn check(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        for &b in data {
+            if self.done {
+                break;
+            }
+            self.seen += 1;
+            if self.seen > AUTH_MAX {
+                return Err(bad("the D-Bus authentication is too long"));
+            }
+            if b == b'\n' {
+                if self.prev != b'\r' {
+                    return Err(bad("a D-Bus authentication line does not end in CR LF"));
+                }
+                self.done = self.line == b"BEGIN\r";
+                self.line.clear();
+            } else if self.line.len() < 8 {
+                self.line.push(b);
+            }
+            self.prev = b;
+        }
+        Ok(())
+    }
+}
+
+/// A read half whose authentication phase is checked (see [`guard_auth`]).
+#[derive(Debug)]
+struct GuardedRead {
+    inner: Box<dyn zbus::connection::socket::ReadHalf>,
+    check: AuthCheck,
+}
+
+#[async_trait::async_trait]
+impl zbus::connection::socket::ReadHalf for GuardedRead {
+    async fn recvmsg(
+        &mut self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+        let (n, fds) = self.inner.recvmsg(buf).await?;
+        if !self.check.done {
+            self.check.check(&buf[..n.min(buf.len())])?;
+        }
+        Ok((n, fds))
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        self.inner.can_pass_unix_fd()
+    }
+
+    async fn peer_credentials(&mut self) -> std::io::Result<zbus::fdo::ConnectionCredentials> {
+        self.inner.peer_credentials().await
+    }
+
+    fn auth_mechanism(&self) -> zbus::AuthMechanism {
+        self.inner.auth_mechanism()
+    }
 }
 
 /// Serve `manager` on the peer-to-peer connection `builder` makes (a Unix stream, or a TLS
@@ -1041,6 +1138,42 @@ mod tests {
         // Still a config (with the placeholders).
         let c = berth_config::parse(&r).err();
         assert!(c.is_some_and(|e| e.to_string().contains("api.ca_key")));
+    }
+
+    #[test]
+    fn the_auth_check_passes_good_authentication_and_stops_bad() {
+        let mut g = AuthCheck::default();
+        g.check(b"\0AUTH EXTERNAL 30\r\nDATA\r\nNEGOTIATE").unwrap();
+        g.check(b"_UNIX_FD\r\nBEGIN\r\nl\n\n\x00anything").unwrap();
+        assert!(g.done);
+        for bad in [&b"\n"[..], b"\0AUTH\r\n\n", b"\0AUTH\n"] {
+            assert!(AuthCheck::default().check(bad).is_err(), "{bad:?}");
+        }
+        assert!(AuthCheck::default()
+            .check(&vec![b'A'; AUTH_MAX + 1])
+            .is_err());
+        // "BEGIN" only counts as a whole line.
+        let mut g = AuthCheck::default();
+        g.check(b"\0XBEGIN\r\nxxBEGIN\r\n").unwrap();
+        assert!(!g.done);
+    }
+
+    #[tokio::test]
+    async fn a_bare_line_feed_on_the_local_socket_ends_the_connection_not_sysd() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for junk in [&b"\n"[..], b"\0AUTH EXTERNAL\r\n\n"] {
+            let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+            let task = tokio::spawn(serve_connection(server, Manager::default()));
+            client.write_all(junk).await.unwrap();
+            let mut sink = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut sink)).await;
+            let r = tokio::time::timeout(Duration::from_secs(5), task).await;
+            assert!(matches!(r, Ok(Ok(Err(_)))), "{junk:?}: {r:?}");
+        }
+        // And a real client still gets in (EXTERNAL, with its credentials).
+        let (_c, m) = pair(Manager::default()).await;
+        assert!(m.status().await.is_ok());
     }
 
     #[test]

@@ -500,111 +500,12 @@ impl Conn {
                 cut: Default::default(),
             })),
         };
-        let guarded = AuthGuard::new(tls);
-        let builder =
-            zbus::connection::Builder::socket(berth_remote::transport::zbus_socket(guarded))
-                .auth_mechanism(zbus::AuthMechanism::Anonymous);
+        let socket = crate::api::guard_auth(berth_remote::transport::zbus_socket(tls));
+        let builder = zbus::connection::Builder::socket(socket)
+            .auth_mechanism(zbus::AuthMechanism::Anonymous);
         if let Err(e) = crate::api::serve_p2p(builder, manager).await {
             tracing::debug!("api: connection from {addr} ended: {e}");
         }
-    }
-}
-
-/// Most bytes a client may send before its D-Bus authentication ends (`BEGIN`).
-const AUTH_MAX: usize = 16 << 10;
-
-/// Checks a client's D-Bus authentication lines before zbus reads them: every line ends in
-/// `\r\n` and all of them together are at most [`AUTH_MAX`] bytes; past `BEGIN` the bytes
-/// pass untouched. zbus 5.19 indexes the byte before a line feed without checking that
-/// there is one, so a line feed at the start of its buffer (`"\n"`, or
-/// `"\0AUTH ANONYMOUS\r\n\n"`) panics, which aborts sysd (the release build has
-/// `panic = "abort"`); and it keeps an unterminated line in memory however long it grows.
-/// Found by the `api_tls_transport` fuzz target.
-#[derive(Debug)]
-pub struct AuthGuard<S> {
-    inner: S,
-    prev: u8,
-    /// The start of the current line (enough to recognize `BEGIN\r`).
-    line: Vec<u8>,
-    seen: usize,
-    done: bool,
-}
-
-impl<S> AuthGuard<S> {
-    /// Guard the authentication phase of `inner`.
-    pub fn new(inner: S) -> Self {
-        AuthGuard {
-            inner,
-            prev: 0,
-            line: Vec::with_capacity(8),
-            seen: 0,
-            done: false,
-        }
-    }
-
-    fn check(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-        for &b in data {
-            if self.done {
-                break;
-            }
-            self.seen += 1;
-            if self.seen > AUTH_MAX {
-                return Err(bad("the D-Bus authentication is too long"));
-            }
-            if b == b'\n' {
-                if self.prev != b'\r' {
-                    return Err(bad("a D-Bus authentication line does not end in CR LF"));
-                }
-                self.done = self.line == b"BEGIN\r";
-                self.line.clear();
-            } else if self.line.len() < 8 {
-                self.line.push(b);
-            }
-            self.prev = b;
-        }
-        Ok(())
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for AuthGuard<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if !this.done {
-            let new = buf.filled()[before..].to_vec();
-            this.check(&new)?;
-        }
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for AuthGuard<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -1037,23 +938,5 @@ mod tests {
         for i in &inputs {
             fuzz_tls_transport(i);
         }
-    }
-
-    #[test]
-    fn the_auth_guard_passes_good_authentication_and_stops_bad() {
-        let mut g = AuthGuard::new(());
-        g.check(b"\0AUTH ANONYMOUS 6c6f\r\nDATA\r\nNEGOTIATE")
-            .unwrap();
-        g.check(b"_UNIX_FD\r\nBEGIN\r\nl\n\n\x00anything").unwrap();
-        assert!(g.done);
-        for bad in [&b"\n"[..], b"\0AUTH\r\n\n", b"\0AUTH\n"] {
-            assert!(AuthGuard::new(()).check(bad).is_err(), "{bad:?}");
-        }
-        let mut g = AuthGuard::new(());
-        assert!(g.check(&vec![b'A'; AUTH_MAX + 1]).is_err());
-        // "BEGIN" only counts as a whole line.
-        let mut g = AuthGuard::new(());
-        g.check(b"\0XBEGIN\r\nxxBEGIN\r\n").unwrap();
-        assert!(!g.done);
     }
 }
