@@ -467,7 +467,8 @@ pub fn make_esp(
     let vol_id = &sha256_hex(&format!("esp:{}", opts.build_id))[..8];
     tools::run(
         Command::new("mkfs.vfat")
-            .args(["-F", "32", "-n", "BERTH-ESP", "-i", vol_id, "-C"])
+            .env("SOURCE_DATE_EPOCH", tools::FAT_EPOCH)
+            .args(["--invariant", "-F", "32", "-n", "BERTH-ESP", "-i", vol_id, "-C"])
             .arg(out)
             .arg((opts.sizes.esp / 1024).to_string()),
     )?;

@@ -40,6 +40,14 @@ pub fn run(cmd: &mut Command) -> Result<String, ToolError> {
 /// `mtools` command on an image file.
 pub fn mtools(tool: &str, image: &Path) -> Command {
     let mut c = Command::new(tool);
-    c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(image);
+    c.env("MTOOLS_SKIP_CHECK", "1")
+        .env("SOURCE_DATE_EPOCH", FAT_EPOCH)
+        .arg("-i")
+        .arg(image);
     c
 }
+
+/// The time stamped on every FAT directory entry the builder writes (2024-01-01 UTC), so
+/// two builds of one tree give the same ESP byte for byte (mtools and mkfs.fat honour
+/// `SOURCE_DATE_EPOCH`).
+pub const FAT_EPOCH: &str = "1704067200";

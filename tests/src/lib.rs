@@ -62,6 +62,36 @@ pub fn direct_boot_files(image: &Path) -> PathBuf {
     built
 }
 
+/// `berth-image build` into `out` from the kernel and binaries of the image under test
+/// (`BERTH_KERNEL_DIR`, `BERTH_BIN_DIR`, the cloud module list and command line), with
+/// `services` added; returns the build record (`image.json`).
+pub fn build_image(out: &Path, build_id: &str, version: &str, services: &[PathBuf]) -> Value {
+    let kernel = env_path("BERTH_KERNEL_DIR", "build/x86_64/kernel");
+    let bin = env_path("BERTH_BIN_DIR", "target/x86_64-unknown-linux-gnu/release");
+    let key = env_path("BERTH_UPDATE_KEY", "build/keys/berth-update");
+    let mut c = image_tool();
+    c.arg("build")
+        .args(["--arch", "x86_64", "--kernel"])
+        .arg(&kernel)
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--out")
+        .arg(out)
+        .args(["--build-id", build_id])
+        .args(["--os-version", version])
+        .args(["--modules", "kernel-config/modules-cloud.txt"])
+        .args(["--cmdline", "kernel-config/cmdline-x86_64.txt"])
+        .arg("--systemd-boot")
+        .arg(kernel.join("systemd-boot.efi"))
+        .arg("--trusted-key")
+        .arg(format!("{}.pub", key.display()));
+    for s in services {
+        c.arg("--service").arg(s);
+    }
+    eprintln!("{}", registry::sh(&mut c).trim());
+    image_info(&out.join("berth.img"))
+}
+
 /// The osctl binary the tests drive (`$BERTH_OSCTL`, else the debug build).
 pub fn osctl_bin() -> PathBuf {
     std::env::var_os("BERTH_OSCTL")

@@ -37,27 +37,7 @@ fn with_ext(p: &Path, ext: &str) -> String {
 /// `berth-image build` of version `version` from the same kernel and binaries as the
 /// image under test, with `services` added.
 fn build(out: &Path, version: &str, services: &[PathBuf]) {
-    let kernel = env_path("BERTH_KERNEL_DIR", "build/x86_64/kernel");
-    let bin = env_path("BERTH_BIN_DIR", "target/x86_64-unknown-linux-gnu/release");
-    let mut c = image_tool();
-    c.arg("build")
-        .args(["--arch", "x86_64", "--kernel"])
-        .arg(&kernel)
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--out")
-        .arg(out)
-        .args(["--build-id", &format!("update-test-{version}")])
-        .args(["--os-version", version])
-        .args(["--modules", "kernel-config/modules-cloud.txt"])
-        .args(["--cmdline", "kernel-config/cmdline-x86_64.txt"])
-        .arg("--systemd-boot")
-        .arg(kernel.join("systemd-boot.efi"))
-        .args(["--trusted-key", &with_ext(&key(), "pub")]);
-    for s in services {
-        c.arg("--service").arg(s);
-    }
-    eprintln!("{}", sh(&mut c).trim());
+    build_image(out, &format!("update-test-{version}"), version, services);
 }
 
 /// Publish `build` as `berth/REPO_TAG` (signatures live per repository and digest, so an
