@@ -622,7 +622,11 @@ fn bridge_network_and_ports_parse_with_the_old_default_kept() {
     assert_eq!(c.containers[0].network, NetworkMode::Bridge);
     assert_eq!(c.containers[0].ports.len(), 2);
     assert_eq!(c.containers[0].ports[1].proto, Proto::Udp);
-    assert_eq!(c.containers[1].network, NetworkMode::Host, "default unchanged");
+    assert_eq!(
+        c.containers[1].network,
+        NetworkMode::Host,
+        "default unchanged"
+    );
     assert_eq!(
         parse("").unwrap().network.bridge.subnet.to_string(),
         DEFAULT_BRIDGE_SUBNET
@@ -640,13 +644,17 @@ fn bad_ports_are_refused_naming_the_key() {
     assert!(e.contains("container port \"0\""), "{e}");
     let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"[::1]:8080:80\"]\n");
     assert!(
-        e.contains("containers[0].ports[0]: [::1]:8080:80") || e.contains("containers[0].ports[0]:"),
+        e.contains("containers[0].ports[0]: [::1]:8080:80")
+            || e.contains("containers[0].ports[0]:"),
         "{e}"
     );
     assert!(e.contains("IPv6 host addresses are not supported"), "{e}");
     for mode in ["host", "none"] {
         let e = err(&format!("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"{mode}\"\nports = [\"8080:80\"]\n"));
-        assert!(e.contains("containers[0].ports: ports are published only from network = \"bridge\""), "{e}");
+        assert!(
+            e.contains("containers[0].ports: ports are published only from network = \"bridge\""),
+            "{e}"
+        );
     }
     // The default (host) too.
     let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nports = [\"8080:80\"]\n");
@@ -656,7 +664,10 @@ fn bad_ports_are_refused_naming_the_key() {
 #[test]
 fn a_port_published_twice_is_refused_within_and_across_containers() {
     let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\", \"127.0.0.1:8080:81\"]\n");
-    assert!(e.contains("containers[0].ports[1]: host port 127.0.0.1:8080:81"), "{e}");
+    assert!(
+        e.contains("containers[0].ports[1]: host port 127.0.0.1:8080:81"),
+        "{e}"
+    );
     assert!(e.contains("conflicts with ports[0]"), "{e}");
     let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\"]\n\n[[containers]]\nname = \"b\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"9090:90\", \"8080:80\"]\n");
     assert!(e.contains("containers[1].ports[1]"), "{e}");
@@ -668,7 +679,10 @@ fn a_port_published_twice_is_refused_within_and_across_containers() {
 #[test]
 fn bridge_subnets_that_cannot_work_are_refused() {
     let e = err("[network.bridge]\nsubnet = \"fd00::/64\"\n");
-    assert!(e.contains("network.bridge.subnet: fd00::/64 is not usable"), "{e}");
+    assert!(
+        e.contains("network.bridge.subnet: fd00::/64 is not usable"),
+        "{e}"
+    );
     let e = err("[network.bridge]\nsubnet = \"10.0.0.0/31\"\n");
     assert!(e.contains("network.bridge.subnet"), "{e}");
     let e = err("[network.bridge]\nsubnet = \"10.88.0.1/16\"\n");

@@ -282,13 +282,23 @@ fn bridge_subnet(c: &Config, p: &KeyPath, cx: &mut Ctx<'_>) {
     if s.network() != s.addr {
         cx.err(
             p.clone(),
-            format!("{s} has host bits set (did you mean {}/{}?)", s.network(), s.prefix),
+            format!(
+                "{s} has host bits set (did you mean {}/{}?)",
+                s.network(),
+                s.prefix
+            ),
         );
     }
     for (i, itf) in c.network.interfaces.iter().enumerate() {
         for (j, a) in itf.addresses.iter().enumerate() {
             let common = s.prefix.min(a.prefix);
-            let cut = |addr| crate::types::Cidr { addr, prefix: common }.network();
+            let cut = |addr| {
+                crate::types::Cidr {
+                    addr,
+                    prefix: common,
+                }
+                .network()
+            };
             if a.addr.is_ipv4() && cut(a.addr) == cut(s.addr) {
                 cx.err(
                     p.clone(),
