@@ -1517,14 +1517,35 @@ async fn wait_deps(
     }
 }
 
+/// `target` (`[scheme]host:port...`) with a loopback host (`127.0.0.1`, `localhost`)
+/// replaced by `addr`, the container's own address on the bridge; unchanged otherwise.
+fn to_container(target: &str, scheme: &str, addr: Option<std::net::Ipv4Addr>) -> String {
+    let Some(addr) = addr else {
+        return target.to_string();
+    };
+    let rest = target.strip_prefix(scheme).unwrap_or(target);
+    for lo in ["127.0.0.1:", "localhost:"] {
+        if let Some(tail) = rest.strip_prefix(lo) {
+            return format!("{scheme}{addr}:{tail}");
+        }
+    }
+    target.to_string()
+}
+
 async fn health_loop(sh: Arc<Shared>, name: String, h: berth_config::Health) {
     use berth_config::HealthCheck;
     let started = Instant::now();
     let mut fails = 0u32;
     loop {
+        // A bridged container's loopback is its own: checks of it go to its address.
+        let own = sh.bridge.get().and_then(|b| b.address(&name));
         let res = match h.check() {
-            Some(HealthCheck::Tcp(a)) => health::tcp(a, h.timeout.get()).await,
-            Some(HealthCheck::Http(u)) => health::http(u, h.timeout.get()).await,
+            Some(HealthCheck::Tcp(a)) => {
+                health::tcp(&to_container(a, "", own), h.timeout.get()).await
+            }
+            Some(HealthCheck::Http(u)) => {
+                health::http(&to_container(u, "http://", own), h.timeout.get()).await
+            }
             Some(HealthCheck::Exec(argv)) => {
                 let rt = sh.rt.clone();
                 let (n, argv, t) = (name.clone(), argv.to_vec(), h.timeout.get());
@@ -2215,6 +2236,23 @@ mod tests {
         assert_eq!(m.len(), 4, "{m:?}");
         assert!(m["x"].contains("x -> y -> x") || m["x"].contains("y -> x -> y"));
         assert!(cycle_members(&[&ntpd, &admin], &[&c]).is_empty());
+    }
+
+    #[test]
+    fn loopback_health_checks_of_bridged_containers_go_to_their_address() {
+        let a = Some(std::net::Ipv4Addr::new(10, 88, 0, 7));
+        assert_eq!(to_container("127.0.0.1:80", "", a), "10.88.0.7:80");
+        assert_eq!(to_container("localhost:80", "", a), "10.88.0.7:80");
+        assert_eq!(
+            to_container("http://127.0.0.1:8080/healthz", "http://", a),
+            "http://10.88.0.7:8080/healthz"
+        );
+        assert_eq!(to_container("10.0.2.2:80", "", a), "10.0.2.2:80");
+        assert_eq!(
+            to_container("http://localhost.example:80/", "http://", a),
+            "http://localhost.example:80/"
+        );
+        assert_eq!(to_container("127.0.0.1:80", "", None), "127.0.0.1:80");
     }
 
     #[test]
