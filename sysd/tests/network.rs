@@ -237,6 +237,9 @@ fn bridged_containers_get_addresses_ports_and_each_others_names() {
                     assert_eq!(now, inode, "rewritten in place (it is bind-mounted)");
                 }
                 assert_eq!(b.prepare("web", &web).unwrap(), addr_a);
+                // Prepared, not yet attached: its port is claimed already.
+                let e = b.prepare("other", &ports(&["8080:8080"])).unwrap_err();
+                assert!(berth_config::error_chain(&e).contains("of web"), "{e:?}");
                 b.attach("web", pid_a, addr_a, &web).await.unwrap();
 
                 // sysd restarts with only db running: db keeps answering, web's veth and

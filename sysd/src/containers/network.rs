@@ -99,6 +99,9 @@ pub struct Bridge {
     nft: Mutex<Nft>,
     paths: NetPaths,
     attached: Mutex<BTreeMap<String, Attached>>,
+    /// Host ports of the containers that are plugged in or about to be (from
+    /// [`Bridge::prepare`] to [`Bridge::detach`]): two starting at once cannot both win.
+    claims: Mutex<BTreeMap<String, Vec<PortMapping>>>,
 }
 
 /// A container the bridge should know at setup: running, left by a previous sysd.
@@ -160,6 +163,10 @@ impl Bridge {
         if !swept.is_empty() {
             tracing::info!("workload bridge: deleted stale veths {}", swept.join(", "));
         }
+        let claims = adopted
+            .iter()
+            .map(|a| (a.name.clone(), a.ports.clone()))
+            .collect();
         let b = Arc::new(Bridge {
             nl,
             cfg,
@@ -167,6 +174,7 @@ impl Bridge {
             nft: Mutex::new(nft),
             paths,
             attached: Mutex::new(attached),
+            claims: Mutex::new(claims),
         });
         b.rewrite_files(None)?;
         tracing::info!(
@@ -188,19 +196,31 @@ impl Bridge {
         (d.join("hosts"), d.join("resolv.conf"))
     }
 
-    /// Before `name` is created: its ports must be free among the running containers; it
-    /// gets its address and its `hosts` and `resolv.conf`.
+    fn claims(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<PortMapping>>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Before `name` is created: its ports must be free among the running (and starting)
+    /// containers, and are claimed until [`Bridge::detach`]; it gets its address and its
+    /// `hosts` and `resolv.conf`.
     pub fn prepare(&self, name: &str, ports: &[PortMapping]) -> Result<Ipv4Addr, NetworkError> {
         {
-            let att = self.attached();
-            let others = att
+            let mut claims = self.claims();
+            let others = claims
                 .iter()
                 .filter(|(n, _)| n.as_str() != name)
-                .flat_map(|(n, a)| a.ports.iter().map(move |p| (n.as_str(), p)));
+                .flat_map(|(n, p)| p.iter().map(move |p| (n.as_str(), p)));
             ports::check(others.chain(ports.iter().map(|p| (name, p))))
                 .map_err(NetworkError::PortTaken)?;
+            claims.insert(name.into(), ports.to_vec());
         }
-        let addr = self.ipam.allocate(name).map_err(NetworkError::Ipam)?;
+        let addr = match self.ipam.allocate(name) {
+            Ok(a) => a,
+            Err(e) => {
+                self.claims().remove(name);
+                return Err(NetworkError::Ipam(e));
+            }
+        };
         self.rewrite_files(Some((name, addr)))?;
         Ok(addr)
     }
@@ -247,6 +267,7 @@ impl Bridge {
     /// `name` stopped: its ports and veth go, its address stays. Idempotent.
     pub async fn detach(self: &Arc<Self>, name: &str) -> Result<(), NetworkError> {
         let was = self.attached().remove(name);
+        self.claims().remove(name);
         let me = self.clone();
         let n = name.to_string();
         let unpublished = tokio::task::spawn_blocking(move || {
@@ -271,6 +292,7 @@ impl Bridge {
     /// `name` is removed (`osctl rm`): its address is free again, its files go.
     pub fn release(&self, name: &str) -> Result<(), NetworkError> {
         self.attached().remove(name);
+        self.claims().remove(name);
         self.ipam.release(name).map_err(NetworkError::Ipam)?;
         let _ = std::fs::remove_dir_all(self.paths.files.join(name));
         Ok(())
