@@ -121,6 +121,13 @@ pub struct ContainerInfo {
     pub uptime_seconds: f64,
     /// Why it is in this state (last error, crash-loop back-off), empty when fine.
     pub message: String,
+    /// `host`, `bridge` or `none`. These three fields are last, so the struct's D-Bus
+    /// signature only grows at its end (an older osctl cannot read the new one).
+    pub network: String,
+    /// Its address on the workload bridge (`10.88.0.2`), empty when it has none.
+    pub address: String,
+    /// Published ports (`8080:80/tcp`).
+    pub ports: Vec<String>,
 }
 
 /// Resource usage of one container (cgroup v2 counters).
@@ -169,6 +176,11 @@ pub struct RunRequest {
     /// Run in a user namespace of its own (the config's `user_namespace`). Last, so the
     /// struct's D-Bus signature only grows at its end.
     pub user_namespace: bool,
+    /// `host`, `bridge` or `none`; empty: the default (`host`). Appended like
+    /// `user_namespace`: an osctl older than this field cannot call `Run` on a newer sysd.
+    pub network: String,
+    /// Published ports, `[ip:]host:container[/tcp|udp]` (`bridge` only).
+    pub ports: Vec<String>,
 }
 
 /// Output of a command run with `exec`.

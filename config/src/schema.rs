@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Cidr, Cpus, Duration, FileMode, ImageRef, Size};
+use crate::types::{Cidr, Cpus, Duration, FileMode, ImageRef, PortMapping, Size};
 
 /// The whole machine config (`berth.toml`, `/var/lib/berth/config.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -70,6 +70,37 @@ pub struct Network {
     pub interfaces: Vec<Interface>,
     /// Static DNS settings, merged with what DHCP hands out (static first).
     pub dns: Dns,
+    /// The workload bridge `berth0` (`network = "bridge"` containers).
+    #[serde(skip_serializing_if = "WorkloadBridge::is_default")]
+    pub bridge: WorkloadBridge,
+}
+
+/// Default `[network.bridge] subnet`.
+pub const DEFAULT_BRIDGE_SUBNET: &str = "10.88.0.0/16";
+
+/// `[network.bridge]`: the workload bridge `berth0`; the host is the subnet's first address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadBridge {
+    /// IPv4 subnet, prefix /8 to /30. Default `10.88.0.0/16`.
+    pub subnet: Cidr,
+}
+
+impl Default for WorkloadBridge {
+    fn default() -> Self {
+        WorkloadBridge {
+            subnet: Cidr {
+                addr: std::net::Ipv4Addr::new(10, 88, 0, 0).into(),
+                prefix: 16,
+            },
+        }
+    }
+}
+
+impl WorkloadBridge {
+    fn is_default(&self) -> bool {
+        *self == WorkloadBridge::default()
+    }
 }
 
 /// How an interface gets its address.
@@ -540,9 +571,12 @@ pub struct ContainerSpec {
     /// Named persistent volumes (`/var/lib/berth/volumes/<name>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
-    /// `host` (default) or `none`.
+    /// `host` (default), `bridge` or `none`.
     #[serde(default)]
     pub network: NetworkMode,
+    /// Published ports of a `bridge` container: `"[ip:]host:container[/tcp|udp]"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
     /// Capabilities added to the default set (`CAP_NET_ADMIN` or `NET_ADMIN`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
@@ -613,6 +647,20 @@ pub enum NetworkMode {
     Host,
     /// A namespace with only loopback.
     None,
+    /// A namespace of its own on the workload bridge `berth0`: an address from
+    /// `[network.bridge] subnet`, egress through masquerade, `ports` published.
+    Bridge,
+}
+
+impl NetworkMode {
+    /// `host`, `none` or `bridge`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Host => "host",
+            NetworkMode::None => "none",
+            NetworkMode::Bridge => "bridge",
+        }
+    }
 }
 
 /// Resource limits.

@@ -611,3 +611,86 @@ fn redacted_config_hides_keys_and_passwords_only() {
     back.registries = c.registries.clone();
     assert_eq!(back, c, "only the secrets differ");
 }
+
+#[test]
+fn bridge_network_and_ports_parse_with_the_old_default_kept() {
+    let c = parse(
+        "[network.bridge]\nsubnet = \"10.99.0.0/24\"\n\n[[containers]]\nname = \"web\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\", \"127.0.0.1:5353:53/udp\"]\n\n[[containers]]\nname = \"h\"\nimage = \"ntpd\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.network.bridge.subnet.to_string(), "10.99.0.0/24");
+    assert_eq!(c.containers[0].network, NetworkMode::Bridge);
+    assert_eq!(c.containers[0].ports.len(), 2);
+    assert_eq!(c.containers[0].ports[1].proto, Proto::Udp);
+    assert_eq!(
+        c.containers[1].network,
+        NetworkMode::Host,
+        "default unchanged"
+    );
+    assert_eq!(
+        parse("").unwrap().network.bridge.subnet.to_string(),
+        DEFAULT_BRIDGE_SUBNET
+    );
+    // Round trip: the default subnet is not written out, a set one is.
+    let text = c.to_toml().unwrap();
+    assert!(text.contains("10.99.0.0/24"), "{text}");
+    assert_eq!(parse(&text).unwrap(), c);
+}
+
+#[test]
+fn bad_ports_are_refused_naming_the_key() {
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:0\"]\n");
+    assert!(e.contains("containers[0].ports[0]"), "{e}");
+    assert!(e.contains("container port \"0\""), "{e}");
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"[::1]:8080:80\"]\n");
+    assert!(
+        e.contains("containers[0].ports[0]: [::1]:8080:80")
+            || e.contains("containers[0].ports[0]:"),
+        "{e}"
+    );
+    assert!(e.contains("IPv6 host addresses are not supported"), "{e}");
+    for mode in ["host", "none"] {
+        let e = err(&format!("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"{mode}\"\nports = [\"8080:80\"]\n"));
+        assert!(
+            e.contains("containers[0].ports: ports are published only from network = \"bridge\""),
+            "{e}"
+        );
+    }
+    // The default (host) too.
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nports = [\"8080:80\"]\n");
+    assert!(e.contains("containers[0].ports:"), "{e}");
+}
+
+#[test]
+fn a_port_published_twice_is_refused_within_and_across_containers() {
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\", \"127.0.0.1:8080:81\"]\n");
+    assert!(
+        e.contains("containers[0].ports[1]: host port 127.0.0.1:8080:81"),
+        "{e}"
+    );
+    assert!(e.contains("conflicts with ports[0]"), "{e}");
+    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\"]\n\n[[containers]]\nname = \"b\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"9090:90\", \"8080:80\"]\n");
+    assert!(e.contains("containers[1].ports[1]"), "{e}");
+    assert!(e.contains("of container \"a\""), "{e}");
+    // Same port, other protocol or other addresses: fine.
+    parse("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\", \"8080:80/udp\"]\n\n[[containers]]\nname = \"b\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"127.0.0.1:9090:80\"]\n\n[[containers]]\nname = \"c\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"127.0.0.2:9090:80\"]\n").unwrap();
+}
+
+#[test]
+fn bridge_subnets_that_cannot_work_are_refused() {
+    let e = err("[network.bridge]\nsubnet = \"fd00::/64\"\n");
+    assert!(
+        e.contains("network.bridge.subnet: fd00::/64 is not usable"),
+        "{e}"
+    );
+    let e = err("[network.bridge]\nsubnet = \"10.0.0.0/31\"\n");
+    assert!(e.contains("network.bridge.subnet"), "{e}");
+    let e = err("[network.bridge]\nsubnet = \"10.88.0.1/16\"\n");
+    assert!(e.contains("host bits set"), "{e}");
+    let e = err("[network.bridge]\nsubnet = \"10.88.0.0/16\"\n\n[[network.interfaces]]\nname = \"eth0\"\nmode = \"static\"\naddresses = [\"10.0.0.5/8\"]\n");
+    assert!(
+        e.contains("network.bridge.subnet: bridge subnet 10.88.0.0/16 overlaps address 10.0.0.5/8 of network.interfaces[0].addresses[0] (eth0)"),
+        "{e}"
+    );
+    parse("[[network.interfaces]]\nname = \"eth0\"\nmode = \"static\"\naddresses = [\"10.89.0.5/16\"]\n").unwrap();
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::error::{ConfigError, KeyPath, Locator};
 use crate::render::{sysctl_path, valid_domain, valid_hostname};
-use crate::schema::{AddressMode, Config, ContainerSpec, RouteTarget};
+use crate::schema::{AddressMode, Config, ContainerSpec, NetworkMode, RouteTarget};
 use crate::types::{valid_registry_host, ImageRef};
 
 pub(crate) struct Ctx<'a> {
@@ -146,6 +146,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
         .map(|(i, s)| (cpath.index(i), s))
         .collect();
     cycles(&entries, cx);
+    published_twice(&entries, cx);
     update(c, cx);
     api(c, cx);
 }
@@ -262,6 +263,72 @@ fn network(c: &Config, cx: &mut Ctx<'_>) {
     }
     if c.network.dns.search.len() > 6 {
         cx.err(dns.key("search"), "at most 6 search domains");
+    }
+    bridge_subnet(c, &net.key("bridge").key("subnet"), cx);
+}
+
+/// `[network.bridge] subnet`: IPv4, /8 to /30, host bits clear, and no overlap with a
+/// static interface address (addresses that only exist at run time, from DHCP, are
+/// checked by sysd when it sets up the bridge).
+fn bridge_subnet(c: &Config, p: &KeyPath, cx: &mut Ctx<'_>) {
+    let s = c.network.bridge.subnet;
+    if !s.addr.is_ipv4() || !(8..=30).contains(&s.prefix) {
+        cx.err(
+            p.clone(),
+            format!("{s} is not usable for the workload bridge (an IPv4 network, prefix /8 to /30, e.g. \"10.88.0.0/16\")"),
+        );
+        return;
+    }
+    if s.network() != s.addr {
+        cx.err(
+            p.clone(),
+            format!(
+                "{s} has host bits set (did you mean {}/{}?)",
+                s.network(),
+                s.prefix
+            ),
+        );
+    }
+    for (i, itf) in c.network.interfaces.iter().enumerate() {
+        for (j, a) in itf.addresses.iter().enumerate() {
+            let common = s.prefix.min(a.prefix);
+            let cut = |addr| {
+                crate::types::Cidr {
+                    addr,
+                    prefix: common,
+                }
+                .network()
+            };
+            if a.addr.is_ipv4() && cut(a.addr) == cut(s.addr) {
+                cx.err(
+                    p.clone(),
+                    format!(
+                        "bridge subnet {s} overlaps address {a} of network.interfaces[{i}].addresses[{j}] ({}); choose another subnet",
+                        itf.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Host ports published by two containers (or twice by one, which [`container`] reports).
+fn published_twice(entries: &[(KeyPath, &ContainerSpec)], cx: &mut Ctx<'_>) {
+    for (j, (pj, b)) in entries.iter().enumerate() {
+        for (k, m) in b.ports.iter().enumerate() {
+            let first = entries[..j].iter().find_map(|(_, a)| {
+                a.ports
+                    .iter()
+                    .find(|o| o.conflicts_with(m))
+                    .map(|o| (a.name.as_str(), o))
+            });
+            if let Some((owner, o)) = first {
+                cx.err(
+                    pj.key("ports").index(k),
+                    format!("host port {m} conflicts with {o} of container {owner:?} (the same host port and protocol on the same address, or on every address)"),
+                );
+            }
+        }
     }
 }
 
@@ -694,6 +761,7 @@ pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, origin: Origin, cx: &mut
             cx.err(vp.key("target"), format!("{:?} is mounted twice", v.target));
         }
     }
+    ports(s, p, cx);
     for (i, c) in s.capabilities.iter().enumerate() {
         if !valid_capability(c) {
             cx.err(
@@ -770,6 +838,34 @@ pub(crate) fn container(s: &ContainerSpec, p: &KeyPath, origin: Origin, cx: &mut
             } else if *d == s.name {
                 cx.err(p.key(key).index(i), "a container cannot depend on itself");
             }
+        }
+    }
+}
+
+/// `ports`: only on `bridge` containers, IPv4 host addresses, no host port twice.
+fn ports(s: &ContainerSpec, p: &KeyPath, cx: &mut Ctx<'_>) {
+    let pp = p.key("ports");
+    if !s.ports.is_empty() && s.network != NetworkMode::Bridge {
+        cx.err(
+            pp.clone(),
+            format!(
+                "ports are published only from network = \"bridge\" containers (this one is {:?}; a host-network container listens on the host's ports itself)",
+                s.network.as_str()
+            ),
+        );
+    }
+    for (i, m) in s.ports.iter().enumerate() {
+        if m.host_ip.is_some_and(|ip| ip.is_ipv6()) {
+            cx.err(
+                pp.index(i),
+                format!("{m}: IPv6 host addresses are not supported yet (the bridge is IPv4); leave the address out or give an IPv4 one"),
+            );
+        }
+        if let Some(j) = s.ports[..i].iter().position(|o| o.conflicts_with(m)) {
+            cx.err(
+                pp.index(i),
+                format!("host port {m} conflicts with ports[{j}] ({})", s.ports[j]),
+            );
         }
     }
 }

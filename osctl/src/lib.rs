@@ -676,13 +676,24 @@ pub fn format_ps(v: &[ContainerInfo]) -> String {
                 } else {
                     "-".into()
                 },
+                match (c.address.is_empty(), c.network.as_str()) {
+                    (false, _) => c.address.clone(),
+                    (true, "host") => "host".into(),
+                    _ => "-".into(),
+                },
+                if c.ports.is_empty() {
+                    "-".into()
+                } else {
+                    c.ports.join(",")
+                },
                 c.message.clone(),
             ]
         })
         .collect();
     table(
         &[
-            "NAME", "KIND", "IMAGE", "STATE", "HEALTH", "RESTARTS", "PID", "UP", "MESSAGE",
+            "NAME", "KIND", "IMAGE", "STATE", "HEALTH", "RESTARTS", "PID", "UP", "ADDRESS",
+            "PORTS", "MESSAGE",
         ],
         &rows,
     )
@@ -934,10 +945,18 @@ mod tests {
                 health: "none".into(),
                 restarts: 4,
                 message: "exited 4 times".into(),
+                network: "bridge".into(),
+                address: "10.88.0.2".into(),
+                ports: vec!["8080:80/tcp".into(), "127.0.0.1:5353:53/udp".into()],
                 ..Default::default()
             },
         ];
         let t = format_ps(&v);
+        assert!(
+            t.lines().nth(2).is_some_and(|l| l
+                .contains("10.88.0.2  8080:80/tcp,127.0.0.1:5353:53/udp  exited")),
+            "{t}"
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("NAME        KIND"), "{t}");

@@ -126,6 +126,13 @@ enum Cmd {
         /// the host (config key `user_namespace`).
         #[arg(long)]
         userns: bool,
+        /// Network: host (the default), bridge (an address of its own on berth0) or none.
+        #[arg(long, value_parser = ["host", "bridge", "none"])]
+        network: Option<String>,
+        /// Publish a port of a bridge container: [IP:]HOST:CONTAINER[/tcp|udp]
+        /// (repeatable), e.g. -p 8080:80 -p 127.0.0.1:5353:53/udp.
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
         /// Command replacing the image's entrypoint and cmd.
         #[arg(last = true)]
         command: Vec<String>,
@@ -476,6 +483,8 @@ async fn run(cli: Cli) -> ExitCode {
             volume,
             restart,
             userns,
+            network,
+            publish,
             command,
         } => {
             let req = berth_api::RunRequest {
@@ -489,6 +498,8 @@ async fn run(cli: Cli) -> ExitCode {
                 volumes: volume,
                 restart,
                 user_namespace: userns,
+                network: network.unwrap_or_default(),
+                ports: publish,
             };
             let bar =
                 berth_osctl::progress::watch(&m, &image, matches!(cli.output, Output::Text)).await;

@@ -128,6 +128,10 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         specs.extend(config.containers.iter().cloned().map(|s| (s, Kind::Config)));
         specs.extend(saved.into_iter().map(|s| (s, Kind::Run)));
         m.report(&problems);
+        // The workload bridge first: re-adopted bridged containers keep their ports.
+        if let Err(e) = m.setup_network(&config.network.bridge, &specs).await {
+            problems.push(e);
+        }
         problems.extend(m.launch(specs));
         for p in problems {
             tracing::error!("containers: {p}");

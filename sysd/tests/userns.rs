@@ -95,6 +95,7 @@ fn run(
             image: &img,
             volumes_dir: Path::new("/nonexistent"),
             id_base,
+            net_files: None,
         },
     )
     .unwrap();

@@ -24,6 +24,8 @@ pub enum BundleError {
     BadCapability { name: String, cap: String },
     #[error("container {name}: user_namespace is set but no id range was allocated")]
     NoIdRange { name: String },
+    #[error("container {name}: network = \"bridge\" but it has no hosts and resolv.conf")]
+    NoNetFiles { name: String },
     #[error("container {name}: cannot build the OCI spec: {msg}")]
     Spec { name: String, msg: String },
 }
@@ -142,6 +144,9 @@ pub struct Inputs<'a> {
     pub volumes_dir: &'a Path,
     /// First host id of the container's range, for `user_namespace` (see `userns`).
     pub id_base: Option<u32>,
+    /// A `bridge` container's `/etc/hosts` and `/etc/resolv.conf` on the host (see
+    /// `network`); bound read-only. `None` for `host` and `none` containers.
+    pub net_files: Option<(&'a Path, &'a Path)>,
 }
 
 /// The OCI spec for a container: Docker-like defaults plus Berth's default security
@@ -284,6 +289,13 @@ pub fn build(spec: &ContainerSpec, inp: &Inputs) -> Result<Spec, BundleError> {
             mounts.push(bind(Path::new(f), f, true).map_err(err)?);
         }
     }
+    if spec.network == NetworkMode::Bridge {
+        let (hosts, resolv) = inp
+            .net_files
+            .ok_or_else(|| BundleError::NoNetFiles { name: name.into() })?;
+        mounts.push(bind(hosts, "/etc/hosts", true).map_err(err)?);
+        mounts.push(bind(resolv, "/etc/resolv.conf", true).map_err(err)?);
+    }
     for m in &spec.mounts {
         mounts.push(bind(Path::new(&m.source), &m.target, m.read_only).map_err(err)?);
     }
@@ -347,7 +359,43 @@ mod tests {
             image: img,
             volumes_dir: Path::new("/var/lib/berth/volumes"),
             id_base: None,
+            net_files: None,
         }
+    }
+
+    #[test]
+    fn bridge_network_has_its_own_namespace_and_bound_hosts_and_resolv_conf() {
+        let img = image(r#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"]}}"#);
+        let d =
+            def("name = \"web\"\nimage = \"admin\"\nnetwork = \"bridge\"\nports = [\"8080:80\"]\n");
+        // Without the files: an error naming the container, not a container without names.
+        let e = build(&d, &inputs(&img)).unwrap_err();
+        assert!(e.to_string().contains("web"), "{e}");
+        let mut inp = inputs(&img);
+        inp.net_files = Some((
+            Path::new("/run/berth/net/web/hosts"),
+            Path::new("/run/berth/net/web/resolv.conf"),
+        ));
+        let s = build(&d, &inp).unwrap();
+        let ns: Vec<_> = s.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
+        assert_eq!(s.hostname().as_deref(), Some("web"));
+        let m = s.mounts().clone().unwrap();
+        for (dst, src) in [
+            ("/etc/hosts", "/run/berth/net/web/hosts"),
+            ("/etc/resolv.conf", "/run/berth/net/web/resolv.conf"),
+        ] {
+            let b = m
+                .iter()
+                .find(|m| m.destination() == Path::new(dst))
+                .unwrap_or_else(|| panic!("{dst} is not mounted"));
+            assert_eq!(b.source().as_deref(), Some(Path::new(src)));
+            assert_eq!(opts(b), ["rbind", "rprivate", "nodev", "nosuid", "ro"]);
+        }
+        assert!(!m
+            .iter()
+            .any(|m| m.source().as_deref() == Some(Path::new("/etc/hosts"))));
     }
 
     #[test]

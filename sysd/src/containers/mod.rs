@@ -16,11 +16,12 @@
 pub mod bundle;
 pub mod health;
 pub mod logs;
+pub mod network;
 pub mod userns;
 
 use crate::error_chain;
 use berth_api::{ContainerInfo, ContainerStats, ExecReply, ImageInfo, RunRequest};
-use berth_config::{ContainerSpec, ImageRef, RestartPolicy};
+use berth_config::{ContainerSpec, ImageRef, NetworkMode, RestartPolicy};
 use berth_registry::{Client, Platform, Reference, Store};
 use berth_runtime::{CreateOptions, ExecOptions, Runtime, Stdio3};
 use health::Health;
@@ -57,6 +58,8 @@ pub struct Paths {
     pub volumes: PathBuf,
     /// Id ranges of user-namespace containers (`/var/lib/berth/userns.json`).
     pub userns: PathBuf,
+    /// The workload bridge's state and files.
+    pub net: network::NetPaths,
 }
 
 impl Paths {
@@ -73,6 +76,7 @@ impl Paths {
             services: "/usr/lib/berth/services".into(),
             volumes: berth_config::VOLUMES_DIR.into(),
             userns: "/var/lib/berth/userns.json".into(),
+            net: network::NetPaths::node(),
         }
     }
 }
@@ -156,6 +160,11 @@ struct Shared {
     problems: Mutex<Vec<String>>,
     /// Id ranges of containers with `user_namespace`.
     userns: Mutex<userns::Allocator>,
+    /// The workload bridge, set up at start when a bridged container is defined, else
+    /// when the first one starts.
+    bridge: tokio::sync::OnceCell<Arc<network::Bridge>>,
+    /// `[network.bridge] subnet` as sysd started (a change takes a restart).
+    bridge_subnet: Mutex<berth_config::Cidr>,
 }
 
 /// The container manager; cheap to clone.
@@ -386,6 +395,8 @@ impl Manager {
                 platform: Platform::host(),
                 problems: Mutex::new(Vec::new()),
                 userns: Mutex::new(ids),
+                bridge: tokio::sync::OnceCell::new(),
+                bridge_subnet: Mutex::new(berth_config::WorkloadBridge::default().subnet),
             }),
         })
     }
@@ -430,17 +441,74 @@ impl Manager {
                 self.release_ids(&name);
             }
         }
+        let mut problems = Vec::new();
         let new: Vec<(ContainerSpec, Kind)> = specs
             .into_iter()
             .filter(|s| !lock(&self.sh).contains_key(&s.name))
+            .filter(|s| match self.port_taken(s) {
+                Some(why) => {
+                    problems.push(why);
+                    false
+                }
+                None => true,
+            })
             .map(|s| (s, Kind::Config))
             .collect();
-        self.launch(new)
+        problems.extend(self.launch(new));
+        self.report(&problems);
+        problems
+    }
+
+    /// Why `spec` cannot be added: a host port it publishes is published by a container
+    /// defined elsewhere (an `osctl run` workload; the validator checks the config's own).
+    fn port_taken(&self, spec: &ContainerSpec) -> Option<String> {
+        let e = lock(&self.sh);
+        let others = e
+            .iter()
+            .filter(|(n, _)| **n != spec.name)
+            .flat_map(|(n, e)| e.spec.ports.iter().map(move |p| (n.as_str(), p)));
+        berth_net::ports::check(others.chain(spec.ports.iter().map(|p| (spec.name.as_str(), p))))
+            .err()
+            .map(|c| format!("container {} is not started: {c}", spec.name))
     }
 
     /// Definitions of `osctl run` workloads kept on the state partition.
     pub fn saved_workloads(&self) -> (Vec<ContainerSpec>, Vec<String>) {
         load_definitions(&self.sh.paths.workloads, berth_config::parse_workload)
+    }
+
+    /// Before [`Manager::launch`] at sysd start: remember the bridge subnet and, when one
+    /// of `specs` is a bridged container, set the bridge up with those a previous sysd
+    /// left running, so their published ports keep answering (see [`network`]). A failure
+    /// is logged and returned; the bridged containers then fail to start with it.
+    pub async fn setup_network(
+        &self,
+        bridge: &berth_config::WorkloadBridge,
+        specs: &[(ContainerSpec, Kind)],
+    ) -> Result<(), String> {
+        *self
+            .sh
+            .bridge_subnet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = bridge.subnet;
+        let adopted: Vec<network::Adopted> = specs
+            .iter()
+            .filter(|(s, _)| s.network == NetworkMode::Bridge)
+            .filter(|(s, _)| {
+                self.sh
+                    .rt
+                    .state(&s.name)
+                    .is_ok_and(|st| st.status == berth_runtime::Status::Running && st.pid > 0)
+            })
+            .map(|(s, _)| network::Adopted {
+                name: s.name.clone(),
+                ports: s.ports.clone(),
+            })
+            .collect();
+        if !specs.iter().any(|(s, _)| s.network == NetworkMode::Bridge) {
+            return Ok(());
+        }
+        bridge_of(&self.sh, Some(&adopted)).await.map(|_| ())
     }
 
     /// Register `specs` and start them (in dependency order; independent ones in
@@ -697,6 +765,15 @@ impl Manager {
                     .map(|s| s.elapsed().as_secs_f64())
                     .unwrap_or(0.0),
                 message: e.message.clone(),
+                network: e.spec.network.as_str().into(),
+                address: self
+                    .sh
+                    .bridge
+                    .get()
+                    .and_then(|b| b.address(n))
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                ports: e.spec.ports.iter().map(|p| p.to_string()).collect(),
             })
             .collect()
     }
@@ -922,6 +999,9 @@ impl Manager {
                 spec.name
             )));
         }
+        if let Some(why) = self.port_taken(&spec) {
+            return Err(ManagerError::Invalid(why));
+        }
         if let ImageRef::Registry { .. } = &spec.image {
             self.pull(&spec.image.to_string(), progress).await?;
         }
@@ -981,6 +1061,11 @@ impl Manager {
             let _ = fs::remove_file(format!("{}.{n}", lf.path().display()));
         }
         self.release_ids(name);
+        if let Some(b) = self.sh.bridge.get() {
+            if let Err(e) = b.release(name) {
+                tracing::warn!(container = %name, "{}", error_chain(&e));
+            }
+        }
         Ok(())
     }
 
@@ -1096,6 +1181,12 @@ pub fn run_spec(req: &RunRequest) -> Result<ContainerSpec, String> {
     }
     if req.user_namespace {
         t.insert("user_namespace".into(), true.into());
+    }
+    if !req.network.is_empty() {
+        t.insert("network".into(), req.network.clone().into());
+    }
+    if !req.ports.is_empty() {
+        t.insert("ports".into(), req.ports.clone().into());
     }
     let text = toml::to_string(&t).map_err(|e| e.to_string())?;
     berth_config::parse_workload(&text).map_err(|e| e.to_string())
@@ -1426,14 +1517,35 @@ async fn wait_deps(
     }
 }
 
+/// `target` (`[scheme]host:port...`) with a loopback host (`127.0.0.1`, `localhost`)
+/// replaced by `addr`, the container's own address on the bridge; unchanged otherwise.
+fn to_container(target: &str, scheme: &str, addr: Option<std::net::Ipv4Addr>) -> String {
+    let Some(addr) = addr else {
+        return target.to_string();
+    };
+    let rest = target.strip_prefix(scheme).unwrap_or(target);
+    for lo in ["127.0.0.1:", "localhost:"] {
+        if let Some(tail) = rest.strip_prefix(lo) {
+            return format!("{scheme}{addr}:{tail}");
+        }
+    }
+    target.to_string()
+}
+
 async fn health_loop(sh: Arc<Shared>, name: String, h: berth_config::Health) {
     use berth_config::HealthCheck;
     let started = Instant::now();
     let mut fails = 0u32;
     loop {
+        // A bridged container's loopback is its own: checks of it go to its address.
+        let own = sh.bridge.get().and_then(|b| b.address(&name));
         let res = match h.check() {
-            Some(HealthCheck::Tcp(a)) => health::tcp(a, h.timeout.get()).await,
-            Some(HealthCheck::Http(u)) => health::http(u, h.timeout.get()).await,
+            Some(HealthCheck::Tcp(a)) => {
+                health::tcp(&to_container(a, "", own), h.timeout.get()).await
+            }
+            Some(HealthCheck::Http(u)) => {
+                health::http(&to_container(u, "http://", own), h.timeout.get()).await
+            }
             Some(HealthCheck::Exec(argv)) => {
                 let rt = sh.rt.clone();
                 let (n, argv, t) = (name.clone(), argv.to_vec(), h.timeout.get());
@@ -1520,8 +1632,17 @@ async fn stop_pid(
         .unwrap_or(137)
 }
 
-/// Deletes the runtime's container and unmounts its rootfs (the upper dir stays).
+/// Deletes the runtime's container and unmounts its rootfs (the upper dir stays); a
+/// bridged container's ports and veth go (its address stays).
 async fn cleanup(sh: &Arc<Shared>, name: &str) {
+    let bridged = lock(sh)
+        .get(name)
+        .is_some_and(|e| e.spec.network == NetworkMode::Bridge);
+    if let (true, Some(b)) = (bridged, sh.bridge.get()) {
+        if let Err(e) = b.detach(name).await {
+            tracing::warn!(container = %name, "{}", error_chain(&e));
+        }
+    }
     let sh2 = sh.clone();
     let name = name.to_string();
     let _ = tokio::task::spawn_blocking(move || {
@@ -1592,23 +1713,101 @@ async fn start_container(sh: &Arc<Shared>, spec: &ContainerSpec) -> Result<i32, 
         e.image_ref = sref.clone();
         e.message.clear();
     });
+    // A bridged container: ports free, an address, its hosts and resolv.conf.
+    let net = match spec.network {
+        NetworkMode::Bridge => {
+            let b = bridge_of(sh, None).await?;
+            let addr = b
+                .prepare(&name, &spec.ports)
+                .map_err(|e| format!("network: {}", error_chain(&e)))?;
+            Some((b, addr))
+        }
+        NetworkMode::Host | NetworkMode::None => None,
+    };
+    let net_files = net.as_ref().map(|(b, _)| b.files_of(&name));
     let sh2 = sh.clone();
     let spec2 = spec.clone();
     let kind = lock(sh).get(&name).map(|e| e.kind).unwrap_or(Kind::Config);
-    let (pid, reader, fifo) =
-        tokio::task::spawn_blocking(move || create_and_start(&sh2, &spec2, kind, &image))
-            .await
-            .map_err(|e| e.to_string())??;
+    let (pid, reader, fifo) = tokio::task::spawn_blocking(move || {
+        create_container(&sh2, &spec2, kind, &image, net_files.as_ref())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    // Created, not started: plug it into the bridge before its workload runs.
+    if let Some((b, addr)) = &net {
+        let attached = match u32::try_from(pid) {
+            Ok(p) => b
+                .attach(&name, p, *addr, &spec.ports)
+                .await
+                .map_err(|e| format!("network: {}", error_chain(&e))),
+            Err(_) => Err(format!("network: bad pid {pid}")),
+        };
+        if let Err(msg) = attached {
+            let _ = sh.rt.delete(&name, true);
+            return Err(msg);
+        }
+    }
+    let sh2 = sh.clone();
+    let name2 = name.clone();
+    let started = tokio::task::spawn_blocking(move || sh2.rt.start(&name2))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = started {
+        let _ = sh.rt.delete(&name, true);
+        if let Some((b, _)) = &net {
+            let _ = b.detach(&name).await;
+        }
+        return Err(format!("start: {}", error_chain(&e)));
+    }
     let log = logs::LogFile::new(&sh.paths.logs, &name);
     tokio::spawn(logs::pump_from(reader, fifo, log));
     Ok(pid)
 }
 
-fn create_and_start(
+/// The workload bridge, set up on first use (`adopted`: the running bridged containers it
+/// must keep; `None`: those the manager knows to be running).
+async fn bridge_of(
+    sh: &Arc<Shared>,
+    adopted: Option<&[network::Adopted]>,
+) -> Result<Arc<network::Bridge>, String> {
+    let adopted: Vec<network::Adopted> = match adopted {
+        Some(a) => a.to_vec(),
+        None => lock(sh)
+            .iter()
+            .filter(|(_, e)| e.spec.network == NetworkMode::Bridge && e.pid > 0)
+            .map(|(n, e)| network::Adopted {
+                name: n.clone(),
+                ports: e.spec.ports.clone(),
+            })
+            .collect(),
+    };
+    let subnet = *sh.bridge_subnet.lock().unwrap_or_else(|e| e.into_inner());
+    sh.bridge
+        .get_or_try_init(|| {
+            network::Bridge::setup(
+                berth_net::bridge::BRIDGE,
+                subnet,
+                sh.paths.net.clone(),
+                &adopted,
+            )
+        })
+        .await
+        .cloned()
+        .map_err(|e| {
+            let msg = format!("the workload bridge is not available: {}", error_chain(&e));
+            tracing::error!("{msg}");
+            msg
+        })
+}
+
+/// Prepares the rootfs and bundle and creates the container (its init waits to be
+/// started); returns its pid and the log FIFO.
+fn create_container(
     sh: &Shared,
     spec: &ContainerSpec,
     kind: Kind,
     image: &berth_registry::Image,
+    net_files: Option<&(PathBuf, PathBuf)>,
 ) -> Result<(i32, fs::File, PathBuf), String> {
     let name = &spec.name;
     let io = |what: &str, p: &Path, e: io::Error| format!("{what} {}: {e}", p.display());
@@ -1679,6 +1878,7 @@ fn create_and_start(
             image: &image.config,
             volumes_dir: &sh.paths.volumes,
             id_base,
+            net_files: net_files.map(|(h, r)| (h.as_path(), r.as_path())),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -1718,10 +1918,6 @@ fn create_and_start(
         .rt
         .create(name, &dir, opts)
         .map_err(|e| format!("create: {}", error_chain(&e)))?;
-    if let Err(e) = sh.rt.start(name) {
-        let _ = sh.rt.delete(name, true);
-        return Err(format!("start: {}", error_chain(&e)));
-    }
     Ok((st.pid, reader, fifo))
 }
 
@@ -2043,6 +2239,23 @@ mod tests {
     }
 
     #[test]
+    fn loopback_health_checks_of_bridged_containers_go_to_their_address() {
+        let a = Some(std::net::Ipv4Addr::new(10, 88, 0, 7));
+        assert_eq!(to_container("127.0.0.1:80", "", a), "10.88.0.7:80");
+        assert_eq!(to_container("localhost:80", "", a), "10.88.0.7:80");
+        assert_eq!(
+            to_container("http://127.0.0.1:8080/healthz", "http://", a),
+            "http://10.88.0.7:8080/healthz"
+        );
+        assert_eq!(to_container("10.0.2.2:80", "", a), "10.0.2.2:80");
+        assert_eq!(
+            to_container("http://localhost.example:80/", "http://", a),
+            "http://localhost.example:80/"
+        );
+        assert_eq!(to_container("127.0.0.1:80", "", None), "127.0.0.1:80");
+    }
+
+    #[test]
     fn dependency_order() {
         let s = |n: &str, d: &[&str]| (n.to_string(), d.iter().map(|x| x.to_string()).collect());
         let o = start_order(&[
@@ -2091,6 +2304,44 @@ mod tests {
         })
         .unwrap();
         assert!(u.user_namespace);
+        assert_eq!(u.network, NetworkMode::Host, "the default stays host");
+        // `--network bridge -p 8080:80 -p 127.0.0.1:5353:53/udp`.
+        let b = run_spec(&RunRequest {
+            image: "admin".into(),
+            network: "bridge".into(),
+            ports: vec!["8080:80".into(), "127.0.0.1:5353:53/udp".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(b.network, NetworkMode::Bridge);
+        assert_eq!(
+            b.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            ["8080:80", "127.0.0.1:5353:53/udp"]
+        );
+        for (net, ports, want) in [
+            (
+                "host",
+                vec!["8080:80"],
+                "ports are published only from network = \"bridge\"",
+            ),
+            ("", vec!["8080:80"], "ports are published only"),
+            (
+                "bridge",
+                vec!["8080:80", "8080:81"],
+                "conflicts with ports[0]",
+            ),
+            ("bridge", vec!["80"], "invalid port mapping"),
+            ("wifi", vec![], "unknown variant `wifi`"),
+        ] {
+            let e = run_spec(&RunRequest {
+                image: "admin".into(),
+                network: net.into(),
+                ports: ports.into_iter().map(String::from).collect(),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(e.contains(want), "{net} {e}");
+        }
         let e = run_spec(&RunRequest {
             name: "Bad_Name".into(),
             image: "admin".into(),
