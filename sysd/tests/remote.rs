@@ -563,3 +563,55 @@ async fn a_certificate_without_a_role_or_out_of_date_is_refused_and_logged() {
     let (_c, m) = n.connect(&n.client("fine", Role::Reader)).await.unwrap();
     assert!(m.status().await.is_ok());
 }
+
+/// osctl's side, naming the node `name` (its certificate must carry it).
+async fn connect_as(addr: SocketAddr, name: &str, ca: &Ca, client: &CertKey) -> Result<(), String> {
+    let cfg = tls::client_config(&ServerTrust::Ca(ca.cert_pem().into()), client)
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(tls::server_name(name).unwrap(), tcp)
+        .await
+        .map(drop)
+        .map_err(|e| tls::explain_handshake_error(&e))
+}
+
+#[tokio::test]
+async fn the_node_certificate_follows_the_hostname_and_is_renewed_with_the_same_key() {
+    let ca = Ca::generate("test CA", DAY).unwrap();
+    let opts = Options {
+        renew_check: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let n = node_with(api_config(&ca, true), ca, opts).await;
+    let first = n.api.status();
+    let client = n.client("root", Role::Admin);
+    connect_as(n.addr(), "berth", &n.ca, &client).await.unwrap();
+    let err = connect_as(n.addr(), "edge-7.example.com", &n.ca, &client)
+        .await
+        .unwrap_err();
+    assert!(err.contains("not valid for the address"), "{err}");
+    // A new hostname (not a listener restart): the next check makes a certificate for it
+    // (a second later, so that its end of validity differs).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    n.change(|c| c.host.hostname = Some("edge-7.example.com".into()));
+    let renewed = n
+        .wait_for(|s| s.cert_not_after != first.cert_not_after)
+        .await;
+    assert_eq!(renewed.fingerprint, first.fingerprint, "same key");
+    connect_as(n.addr(), "edge-7.example.com", &n.ca, &client)
+        .await
+        .unwrap();
+    // A short lifetime is renewed before it runs out (a third left), again with the key.
+    n.change(|c| c.api.cert_ttl = berth_config::Duration::secs(2));
+    let short = n
+        .wait_for(|s| s.state == "listening" && s.cert_not_after <= unix_now() + 3)
+        .await;
+    let again = n
+        .wait_for(|s| s.cert_not_after > short.cert_not_after)
+        .await;
+    assert_eq!(again.fingerprint, first.fingerprint);
+    assert_eq!(again.cert_source, "ca");
+    let (_c, m) = n.connect(&client).await.unwrap();
+    assert!(m.status().await.is_ok());
+}
