@@ -15,6 +15,8 @@
 # --headless: QEMU runs in the background, this script returns once it has started.
 # --config FILE: passed to the guest via fw_cfg as opt/org.berth/config.
 # --registry-port PORT: the guest reaches 127.0.0.1:PORT on this host as 10.0.2.100:5000.
+# --hostfwd HOSTPORT:GUESTPORT: 127.0.0.1:HOSTPORT on this host reaches the guest's TCP
+#   GUESTPORT (repeatable).
 # --disk-size SIZE: virtual size of the overlay (e.g. 16G), to test growing the state.
 # --cidata FILE: attach a small read-only vfat disk labelled CIDATA holding FILE as
 #   berth.toml (the cloud-init NoCloud-style datasource; read at first boot).
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
     --state-dir) state=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
     --registry-port) regport=$2; shift 2 ;;
-    --hostfwd) hostfwd=$2; shift 2 ;;
+    --hostfwd) hostfwd="$hostfwd $2"; shift 2 ;;
     --disk-size) disksize=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --no-reboot) noreboot=1; shift ;;
@@ -116,7 +118,7 @@ fi
 
 net="user,id=n0,restrict=on"
 [ -n "$regport" ] && net="$net,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:$regport"
-[ -n "$hostfwd" ] && net="$net,hostfwd=tcp:127.0.0.1:${hostfwd%%:*}-:${hostfwd##*:}"
+for f in $hostfwd; do net="$net,hostfwd=tcp:127.0.0.1:${f%%:*}-:${f##*:}"; done
 
 args=(
   -accel tcg "${machine[@]}" -m "$mem" -smp 2
