@@ -99,7 +99,14 @@ pub fn parse_workload(text: &str) -> Result<ContainerSpec, Errors> {
 
 fn parse_definition(text: &str, origin: validate::Origin) -> Result<ContainerSpec, Errors> {
     let loc = Locator::new(text);
-    let spec: ContainerSpec = deserialize(text, &loc)?;
+    let mut spec: ContainerSpec = deserialize(text, &loc)?;
+    // Workloads default to the bridge; a system service that names no network keeps the
+    // host's (ntpd, the admin toolbox and the like serve or manage the node itself).
+    if origin == validate::Origin::System
+        && !toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("network"))
+    {
+        spec.network = NetworkMode::Host;
+    }
     let mut cx = validate::Ctx::new(&loc);
     validate::container(&spec, &KeyPath::root(), origin, &mut cx);
     if cx.errors.is_empty() {

@@ -571,7 +571,7 @@ pub struct ContainerSpec {
     /// Named persistent volumes (`/var/lib/berth/volumes/<name>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
-    /// `host` (default), `bridge` or `none`.
+    /// `bridge` (default for workloads), `host` (default for system services) or `none`.
     #[serde(default)]
     pub network: NetworkMode,
     /// Published ports of a `bridge` container: `"[ip:]host:container[/tcp|udp]"`.
@@ -642,13 +642,14 @@ impl Volume {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// The host's network namespace.
-    #[default]
+    /// The host's network namespace (system services that name no network get it).
     Host,
     /// A namespace with only loopback.
     None,
     /// A namespace of its own on the workload bridge `berth0`: an address from
-    /// `[network.bridge] subnet`, egress through masquerade, `ports` published.
+    /// `[network.bridge] subnet`, egress through masquerade, `ports` published. The
+    /// default for workloads (the config's `[[containers]]` and `osctl run`).
+    #[default]
     Bridge,
 }
 

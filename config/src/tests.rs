@@ -613,7 +613,7 @@ fn redacted_config_hides_keys_and_passwords_only() {
 }
 
 #[test]
-fn bridge_network_and_ports_parse_with_the_old_default_kept() {
+fn bridge_network_and_ports_parse_and_workloads_default_to_the_bridge() {
     let c = parse(
         "[network.bridge]\nsubnet = \"10.99.0.0/24\"\n\n[[containers]]\nname = \"web\"\nimage = \"ntpd\"\nnetwork = \"bridge\"\nports = [\"8080:80\", \"127.0.0.1:5353:53/udp\"]\n\n[[containers]]\nname = \"h\"\nimage = \"ntpd\"\n",
     )
@@ -624,8 +624,8 @@ fn bridge_network_and_ports_parse_with_the_old_default_kept() {
     assert_eq!(c.containers[0].ports[1].proto, Proto::Udp);
     assert_eq!(
         c.containers[1].network,
-        NetworkMode::Host,
-        "default unchanged"
+        NetworkMode::Bridge,
+        "a workload that names no network is bridged"
     );
     assert_eq!(
         parse("").unwrap().network.bridge.subnet.to_string(),
@@ -656,9 +656,8 @@ fn bad_ports_are_refused_naming_the_key() {
             "{e}"
         );
     }
-    // The default (host) too.
-    let e = err("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nports = [\"8080:80\"]\n");
-    assert!(e.contains("containers[0].ports:"), "{e}");
+    // A workload that names no network is bridged, so its ports are fine.
+    parse("[[containers]]\nname = \"a\"\nimage = \"ntpd\"\nports = [\"8080:80\"]\n").unwrap();
 }
 
 #[test]

@@ -126,7 +126,8 @@ enum Cmd {
         /// the host (config key `user_namespace`).
         #[arg(long)]
         userns: bool,
-        /// Network: host (the default), bridge (an address of its own on berth0) or none.
+        /// Network: bridge (the default: an address of its own on berth0, reachable from
+        /// the others by name), host (the node's own network) or none (loopback only).
         #[arg(long, value_parser = ["host", "bridge", "none"])]
         network: Option<String>,
         /// Publish a port of a bridge container: [IP:]HOST:CONTAINER[/tcp|udp]

@@ -2304,7 +2304,7 @@ mod tests {
         })
         .unwrap();
         assert!(u.user_namespace);
-        assert_eq!(u.network, NetworkMode::Host, "the default stays host");
+        assert_eq!(u.network, NetworkMode::Bridge, "a new workload is bridged by default");
         // `--network bridge -p 8080:80 -p 127.0.0.1:5353:53/udp`.
         let b = run_spec(&RunRequest {
             image: "admin".into(),
@@ -2324,7 +2324,7 @@ mod tests {
                 vec!["8080:80"],
                 "ports are published only from network = \"bridge\"",
             ),
-            ("", vec!["8080:80"], "ports are published only"),
+            ("none", vec!["8080:80"], "ports are published only"),
             (
                 "bridge",
                 vec!["8080:80", "8080:81"],
