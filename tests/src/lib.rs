@@ -279,6 +279,17 @@ impl Vm {
         }
     }
 
+    /// `osctl logs NAME`, or empty while the machine does not know the container yet (a
+    /// config's workloads are launched a moment after `ready`).
+    pub fn logs(&self, name: &str) -> String {
+        let out = self.osctl(&["logs", name]);
+        if out.status.success() {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            String::new()
+        }
+    }
+
     /// Wait until `osctl ps` shows the container `name` running.
     pub fn wait_running(&self, name: &str) {
         self.wait_for(&format!("{name} running"), Duration::from_secs(180), || {

@@ -122,7 +122,7 @@ fn arm64_boots_runs_containers_and_powers_off() {
         "echo hello-from-$(uname -m)",
     ]);
     vm.wait_for("the workload's output", Duration::from_secs(120), || {
-        vm.osctl_ok(&["logs", "hello"])
+        vm.logs("hello")
             .contains("hello-from-aarch64")
             .then_some(())
     });

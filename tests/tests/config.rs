@@ -41,7 +41,7 @@ fn fw_cfg_config_is_applied_and_persisted() {
         "the greeter workload logs",
         Duration::from_secs(120),
         || {
-            let log = vm.osctl_ok(&["logs", "greeter"]);
+            let log = vm.logs("greeter");
             (log.contains("greeter up") && log.contains("13")).then_some(())
         },
     );
@@ -264,7 +264,7 @@ command = ["/bin/sh", "-c", "cat /app/settings; cat /etc/resolv.conf; trap 'exit
         "a DHCP address on a static interface: {net}"
     );
     let log = vm.wait_for("the reader workload logs", Duration::from_secs(120), || {
-        let log = vm.osctl_ok(&["logs", "reader"]);
+        let log = vm.logs("reader");
         log.contains("search berth.test").then_some(log)
     });
     assert!(log.contains("from cidata"), "{log}");
@@ -385,7 +385,7 @@ command = ["/bin/sh", "-c", "cat /app/greeting /proc/sys/vm/swappiness; trap 'ex
     );
     // The config's workload runs and sees its file and sysctl.
     vm.wait_for("the reader workload logs", Duration::from_secs(120), || {
-        let log = vm.osctl_ok(&["logs", "reader"]);
+        let log = vm.logs("reader");
         (log.contains("fetched") && log.contains("17")).then_some(())
     });
     let shown = vm.osctl_ok(&["config", "show"]);

@@ -497,7 +497,11 @@ fn containers_run_log_restart_and_survive() {
     });
     vm.osctl_ok(&["debug", "kill-sysd"]);
     vm.wait_serial("sysd ready again", Duration::from_secs(120));
-    let (st, pid_after, c) = state(&vm, "web");
+    // The API answers before the containers are adopted (the bridge is set up first).
+    let (st, pid_after, c) = vm.wait_for("web adopted", Duration::from_secs(60), || {
+        let s = state(&vm, "web");
+        (!s.0.is_empty()).then_some(s)
+    });
     assert_eq!((st.as_str(), pid_after), ("running", web_pid), "{c:#}");
     let up_after = c["uptime_seconds"].as_f64().unwrap_or(0.0);
     assert!(

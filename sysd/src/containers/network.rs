@@ -93,7 +93,10 @@ struct Attached {
 /// The workload bridge as sysd runs it. Shared (`Arc`); the NAT socket is blocking and is
 /// used from `spawn_blocking`.
 pub struct Bridge {
-    nl: Netlink,
+    /// One rtnetlink socket, one user at a time: the kernel answers a second dump on a
+    /// socket whose dump is still running with EBUSY (seen when containers start in
+    /// parallel at boot).
+    nl: tokio::sync::Mutex<Netlink>,
     cfg: BridgeConfig,
     ipam: Ipam,
     nft: Mutex<Nft>,
@@ -168,7 +171,7 @@ impl Bridge {
             .map(|a| (a.name.clone(), a.ports.clone()))
             .collect();
         let b = Arc::new(Bridge {
-            nl,
+            nl: tokio::sync::Mutex::new(nl),
             cfg,
             ipam,
             nft: Mutex::new(nft),
@@ -235,9 +238,15 @@ impl Bridge {
         addr: Ipv4Addr,
         ports: &[PortMapping],
     ) -> Result<(), NetworkError> {
-        bridge::attach(&self.nl, &self.cfg, name, Netns::Pid(pid), addr)
-            .await
-            .map_err(NetworkError::Bridge)?;
+        bridge::attach(
+            &*self.nl.lock().await,
+            &self.cfg,
+            name,
+            Netns::Pid(pid),
+            addr,
+        )
+        .await
+        .map_err(NetworkError::Bridge)?;
         let p = Published {
             container: name.into(),
             addr,
@@ -251,7 +260,7 @@ impl Bridge {
         .map_err(|_| NetworkError::Thread(name.into()))
         .and_then(|r| r.map_err(NetworkError::Nat));
         if let Err(e) = r {
-            let _ = bridge::detach(&self.nl, name).await;
+            let _ = bridge::detach(&*self.nl.lock().await, name).await;
             return Err(e);
         }
         self.attached().insert(
@@ -279,7 +288,7 @@ impl Bridge {
         .await
         .map_err(|_| NetworkError::Thread(name.into()))
         .and_then(|r| r.map_err(NetworkError::Nat));
-        let detached = bridge::detach(&self.nl, name)
+        let detached = bridge::detach(&*self.nl.lock().await, name)
             .await
             .map(|_| ())
             .map_err(NetworkError::Bridge);
