@@ -468,7 +468,16 @@ pub fn make_esp(
     tools::run(
         Command::new("mkfs.vfat")
             .env("SOURCE_DATE_EPOCH", tools::FAT_EPOCH)
-            .args(["--invariant", "-F", "32", "-n", "BERTH-ESP", "-i", vol_id, "-C"])
+            .args([
+                "--invariant",
+                "-F",
+                "32",
+                "-n",
+                "BERTH-ESP",
+                "-i",
+                vol_id,
+                "-C",
+            ])
             .arg(out)
             .arg((opts.sizes.esp / 1024).to_string()),
     )?;

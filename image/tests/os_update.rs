@@ -186,6 +186,8 @@ fn fake_build(dir: &Path, version: &str, arch: &str, root_kib: usize) -> PathBuf
         kernel_bytes: size(&out.join("kernel/vmlinuz")),
         modules: Vec::new(),
         firmware: Vec::new(),
+        boot_options: String::new(),
+        direct_boot: out.join("direct"),
     };
     fs::write(out.join("image.json"), serde_json::to_vec(&rec).unwrap()).unwrap();
     out

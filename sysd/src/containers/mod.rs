@@ -2304,7 +2304,11 @@ mod tests {
         })
         .unwrap();
         assert!(u.user_namespace);
-        assert_eq!(u.network, NetworkMode::Bridge, "a new workload is bridged by default");
+        assert_eq!(
+            u.network,
+            NetworkMode::Bridge,
+            "a new workload is bridged by default"
+        );
         // `--network bridge -p 8080:80 -p 127.0.0.1:5353:53/udp`.
         let b = run_spec(&RunRequest {
             image: "admin".into(),
