@@ -164,16 +164,7 @@ impl Ca {
         key_pem: Option<&str>,
     ) -> Result<CertKey, PkiError> {
         let (p, key) = server_params(names, ips, ttl, key_pem)?;
-        let cert = p
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(|source| PkiError::Sign {
-                what: "node",
-                source,
-            })?;
-        Ok(CertKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(p, &key, "node")
     }
 
     /// Client certificate: clientAuth EKU only, Subject CN = `common_name`, O = role,
@@ -185,25 +176,39 @@ impl Ca {
         ttl: Duration,
     ) -> Result<CertKey, PkiError> {
         let key = new_key()?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name = dn(common_name, Some(role.as_str()));
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.is_ca = IsCa::ExplicitNoCa;
+        let mut p = client_params(common_name, role);
         p.use_authority_key_identifier_extension = true;
         validity(&mut p, ttl)?;
         p.serial_number = Some(random_serial()?);
+        self.sign(p, &key, "client")
+    }
+
+    /// `p` for `key`, signed by this CA.
+    fn sign(
+        &self,
+        p: CertificateParams,
+        key: &KeyPair,
+        what: &'static str,
+    ) -> Result<CertKey, PkiError> {
         let cert = p
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(|source| PkiError::Sign {
-                what: "client",
-                source,
-            })?;
+            .signed_by(key, &self.issuer, &self.key)
+            .map_err(|source| PkiError::Sign { what, source })?;
         Ok(CertKey {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// What every client certificate says: Subject CN and O (the role), digital signature,
+/// clientAuth only, not a CA.
+fn client_params(common_name: &str, role: Role) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(common_name, Some(role.as_str()));
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.is_ca = IsCa::ExplicitNoCa;
+    p
 }
 
 /// Self-signed node certificate (when the node has no CA key); reuses `key_pem` when given
@@ -415,27 +420,14 @@ pub mod testing {
         not_after: i64,
     ) -> Result<CertKey, PkiError> {
         let key = new_key()?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name = dn(common_name, Some(role.as_str()));
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.is_ca = IsCa::ExplicitNoCa;
+        let mut p = client_params(common_name, role);
         let t = |s| {
             time::OffsetDateTime::from_unix_timestamp(s).map_err(|_| PkiError::BadTtl { secs: 0 })
         };
         p.not_before = t(not_before)?;
         p.not_after = t(not_after)?;
         p.serial_number = Some(random_serial()?);
-        let cert = p
-            .signed_by(&key, &ca.issuer, &ca.key)
-            .map_err(|source| PkiError::Sign {
-                what: "client",
-                source,
-            })?;
-        Ok(CertKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        ca.sign(p, &key, "client")
     }
 
     /// A client-role certificate without any extended key usage.
@@ -446,16 +438,7 @@ pub mod testing {
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         validity(&mut p, Duration::from_secs(3600))?;
         p.serial_number = Some(random_serial()?);
-        let cert = p
-            .signed_by(&key, &ca.issuer, &ca.key)
-            .map_err(|source| PkiError::Sign {
-                what: "client",
-                source,
-            })?;
-        Ok(CertKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        ca.sign(p, &key, "client")
     }
 }
 

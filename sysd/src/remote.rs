@@ -853,24 +853,9 @@ impl Fixture {
     }
 
     async fn run(&self, data: &[u8]) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let limit = Duration::from_secs(5);
         // Before the handshake.
         let (client, server) = self.connect();
-        let (mut r, mut w) = tokio::io::split(client);
-        let junk = data.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = w.write_all(&junk).await;
-            let _ = w.shutdown().await;
-        });
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
-        let _ = writer.await;
-        match tokio::time::timeout(limit, server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("the server failed on bytes before the handshake: {e}"),
-            Err(_) => panic!("the server hangs on bytes before the handshake"),
-        }
+        feed(client, server, data, "bytes before the handshake").await;
         // After a real handshake, in place of D-Bus.
         let (client, server) = self.connect();
         let name = berth_remote::tls::server_name("localhost").expect("a name");
@@ -878,20 +863,7 @@ impl Fixture {
             .connect(name.clone(), client)
             .await
             .expect("the fuzzing client's handshake");
-        let (mut r, mut w) = tokio::io::split(tls);
-        let junk = data.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = w.write_all(&junk).await;
-            let _ = w.shutdown().await;
-        });
-        let mut sink = Vec::new();
-        let _ = tokio::time::timeout(limit, r.read_to_end(&mut sink)).await;
-        let _ = writer.await;
-        match tokio::time::timeout(limit, server).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("the server failed on application data: {e}"),
-            Err(_) => panic!("the server hangs on application data after the handshake"),
-        }
+        feed(tls, server, data, "application data after the handshake").await;
         // And a good client is still served.
         let (client, _server) = self.connect();
         let tls = tokio_rustls::TlsConnector::from(self.client.clone())
@@ -905,10 +877,36 @@ impl Fixture {
             .await
             .expect("a good D-Bus handshake");
         let m = berth_api::ManagerProxy::new(&conn).await.expect("a proxy");
-        let s = tokio::time::timeout(limit, m.api_status())
+        let s = tokio::time::timeout(FUZZ_LIMIT, m.api_status())
             .await
             .expect("an answer in time");
         assert!(s.is_ok(), "a good client is refused: {s:?}");
+    }
+}
+
+/// How long the fuzzed server may take to finish with one input.
+const FUZZ_LIMIT: Duration = Duration::from_secs(5);
+
+/// Write `data` into `stream` and close it, read what comes back, and require the server
+/// task to end by itself, without error, within [`FUZZ_LIMIT`] (`what`: where the bytes went).
+async fn feed<S>(stream: S, server: tokio::task::JoinHandle<()>, data: &[u8], what: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut r, mut w) = tokio::io::split(stream);
+    let junk = data.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&junk).await;
+        let _ = w.shutdown().await;
+    });
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(FUZZ_LIMIT, r.read_to_end(&mut sink)).await;
+    let _ = writer.await;
+    match tokio::time::timeout(FUZZ_LIMIT, server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("the server failed on {what}: {e}"),
+        Err(_) => panic!("the server hangs on {what}"),
     }
 }
 
