@@ -372,6 +372,80 @@ fn bridge_veths_and_published_ports_end_to_end() {
     // 9090 is published on 127.0.0.1 only.
     assert!(ns.run(HOST, || fetch("192.0.2.10:9090")).is_err());
 
+    // The attack `route_localnet` opens: a container with CAP_NET_ADMIN in its own
+    // namespace routes 127.0.0.0/8 out of eth0 to the gateway, to reach a service that
+    // listens only on the host's loopback. The guard chain drops it; without the table
+    // the same packets get in (so this test can fail).
+    ns.serve(HOST, 9999, "HOSTLO");
+    ip(&[
+        "-n",
+        ns.ns(A),
+        "route",
+        "del",
+        "local",
+        "127.0.0.0/8",
+        "dev",
+        "lo",
+        "table",
+        "local",
+    ]);
+    let localnet = [
+        "netns",
+        "exec",
+        ns.ns(A),
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet",
+    ];
+    ip(&localnet);
+    ip(&[
+        "-n",
+        ns.ns(A),
+        "route",
+        "add",
+        "127.0.0.0/8",
+        "via",
+        "10.88.0.1",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        ns.run(A, || fetch("127.0.0.2:9999")).is_err(),
+        "a container reached the host's loopback"
+    );
+    ns.run(HOST, || Nft::open().unwrap().remove_table().unwrap());
+    assert_eq!(
+        ns.run(A, || fetch("127.0.0.2:9999"))
+            .map_err(|e| e.to_string()),
+        Ok("HOSTLO 10.88.0.2".to_string()),
+        "without the guard the attack should work, or this test proves nothing"
+    );
+    ns.run(HOST, || {
+        Nft::open()
+            .unwrap()
+            .reset(
+                &nat_config(),
+                &[
+                    published("a", addr_a, &["8080:80"]),
+                    published("b", addr_b, &["8081:80", "127.0.0.1:9090:80"]),
+                ],
+            )
+            .unwrap()
+    });
+    ip(&["-n", ns.ns(A), "route", "del", "127.0.0.0/8"]);
+    ip(&[
+        "-n",
+        ns.ns(A),
+        "route",
+        "add",
+        "local",
+        "127.0.0.0/8",
+        "dev",
+        "lo",
+        "table",
+        "local",
+    ]);
+
     // From the outside machine (prerouting): the client's own address reaches the container.
     let outside = ns.run(EXT, || [fetch("192.0.2.10:8080"), fetch("192.0.2.10:8081")]);
     let outside: Vec<String> = outside.into_iter().map(|r| r.unwrap()).collect();
