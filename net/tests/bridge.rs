@@ -3,6 +3,8 @@
 //! when it fails; the machine's real interfaces and nf_tables rules are never touched. The
 //! library runs on threads that entered the test's "host" namespace.
 
+mod common;
+use common::ip;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -18,20 +20,6 @@ use berth_net::nat::{self, RuleInfo};
 use berth_net::{BridgeConfig, BridgeError, Ipam, NatConfig, Netlink, Netns, Nft, Published};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 `ip` is needed");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Network namespaces made for one test, deleted on drop.
 struct Namespaces {

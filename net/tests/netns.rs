@@ -3,6 +3,8 @@
 //! Every address used lives only inside these namespaces; they are deleted afterwards,
 //! also when a test fails.
 
+mod common;
+use common::ip;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
@@ -15,20 +17,6 @@ use std::time::Duration;
 use berth_net::{apply, DhcpEvent, DhcpOptions, DhcpState, Netlink};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 `ip` is needed");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Two namespaces `srv` and `cli` joined by veth `srv_if` <-> `cli_if`.
 struct Pair {
