@@ -34,7 +34,8 @@ pub const VIRTIO_PORT_NAME: &str = "org.berth.osctl";
 pub const BOOT_INFO_PATH: &str = "/run/berth/boot.json";
 /// Persistent state written by PID 1 (boot counter) on the state partition.
 pub const BOOT_COUNT_PATH: &str = "/var/lib/berth/boot-count";
-/// Environment variable telling sysd which file descriptor to write `READY\n` to.
+/// Environment variable telling sysd which file descriptor to write `READY\n` and
+/// `SERVICES\n` to.
 pub const READY_FD_ENV: &str = "BERTH_READY_FD";
 /// Default TCP port of the remote API (`[api] listen`).
 pub const API_PORT: u16 = 7443;

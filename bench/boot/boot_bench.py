@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Boot-time benchmark: Berth through the full UEFI chain vs. a bare busybox initramfs.
+"""Boot-time benchmark: Berth (UEFI chain and direct kernel) vs. a bare busybox initramfs.
 
 Boots each variant RUNS times (alternating) with the same QEMU (TCG) and prints per-phase
-medians. Host-side times are taken when a line first shows up in the serial log (polled
-every 10 ms); guest-side times are CLOCK_BOOTTIME values printed by Berth's init.
+medians: a budget from kernel start to `services` (every system container runs). Host-side
+times are taken when a line first shows up in the serial log (polled every 10 ms);
+guest-side times are CLOCK_BOOTTIME values printed by Berth's init.
 
   firmware+loader = host time of the first `berth: stage1` line - its guest timestamp
   kernel          = guest t of `stage1` (kernel start to /init; includes initramfs unpack)
-  stage 1         = guest t(switch-root) - t(stage1)
-  stage 2 -> ready= guest t(ready) - t(switch-root)
+  modules, root, state, switch-root, stage2, ready, services
+                  = guest t of that phase - t of the one before (stage 1: load modules,
+                    dm-verity + EROFS root, /var; stage 2: PID 1 setup, sysd to API up,
+                    API up to every system container running)
 """
 import json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -33,25 +36,27 @@ def wait_lines(log, needles, timeout=300):
     return seen, text
 
 
-def berth_once():
+PHASES = ["stage1", "modules", "root", "state", "switch-root", "stage2", "ready", "services"]
+
+
+def berth_once(direct):
     d = tempfile.mkdtemp(prefix="berth-bench-boot-")
     t0 = time.monotonic()
-    subprocess.run([os.path.join(ROOT, "qemu/run.sh"), "--headless", "--state-dir", d, IMAGE], check=True)
-    seen, text = wait_lines(os.path.join(d, "serial.log"), ["berth: stage1", "berth: ready"])
-    host_launch = time.monotonic() - t0 - max(seen.values(), default=0)
+    lane = ["--direct"] if direct else []
+    subprocess.run([os.path.join(ROOT, "qemu/run.sh"), "--headless", *lane, "--state-dir", d, IMAGE], check=True)
+    seen, text = wait_lines(os.path.join(d, "serial.log"), ["berth: stage1", "berth: services"])
     pid = int(open(os.path.join(d, "qemu.pid")).read())
     os.kill(pid, 9)
     t = {m.group(1): float(m.group(2)) for m in re.finditer(r"berth: (\S+) t=([0-9.]+)", text)}
     shutil.rmtree(d, ignore_errors=True)
-    if "berth: stage1" not in seen or "ready" not in t:
-        raise SystemExit("berth boot did not reach ready:\n" + text[-2000:])
-    return {
-        "firmware+loader": seen["berth: stage1"] - t["stage1"],
-        "kernel": t["stage1"],
-        "stage1": t["switch-root"] - t["stage1"],
-        "stage2->ready": t["ready"] - t["switch-root"],
-        "total (host)": seen["berth: ready"],
-    }
+    if "berth: stage1" not in seen or any(p not in t for p in PHASES):
+        raise SystemExit("berth boot did not reach services:\n" + text[-2000:])
+    row = {"firmware+loader": seen["berth: stage1"] - t["stage1"], "kernel": t["stage1"]}
+    for before, p in zip(PHASES, PHASES[1:]):
+        row[p] = t[p] - t[before]
+    row["kernel start->services"] = t["services"]
+    row["total (host)"] = seen["berth: services"]
+    return row
 
 
 def busybox_initramfs(path):
@@ -86,17 +91,21 @@ def baseline_once(initrd):
 def main():
     initrd = os.path.join(tempfile.gettempdir(), "berth-bench-busybox.cpio.gz")
     busybox_initramfs(initrd)
-    berth, base = [], []
+    uefi, direct, base = [], [], []
     for i in range(RUNS):
-        berth.append(berth_once())
+        uefi.append(berth_once(False))
+        direct.append(berth_once(True))
         base.append(baseline_once(initrd))
     med = lambda rows, k: statistics.median(r[k] for r in rows)
     print(f"boot phases, median of {RUNS} runs (seconds; QEMU TCG, 2 vCPU, {os.cpu_count()} host cores)")
-    print(f"{'phase':<18}{'Berth (UEFI)':>14}{'busybox (direct)':>18}")
-    for k in ["firmware+loader", "kernel", "stage1", "stage2->ready", "total (host)"]:
-        b = f"{med(berth, k):.2f}"
+    print(f"{'phase':<24}{'Berth (UEFI)':>14}{'Berth (direct)':>16}{'busybox (direct)':>18}")
+    keys = ["firmware+loader", "kernel"] + PHASES[1:] + ["kernel start->services", "total (host)"]
+    for k in keys:
         bb = f"{med(base, k):.2f}" if k in base[0] else "-"
-        print(f"{k:<18}{b:>14}{bb:>18}")
+        print(f"{k:<24}{med(uefi, k):>14.2f}{med(direct, k):>16.2f}{bb:>18}")
+    user = med(direct, "kernel start->services") - med(direct, "kernel")
+    print(f"userspace (stage1 -> services, direct): {user:.2f} s = "
+          f"{100 * user / med(direct, 'kernel'):.0f}% of the kernel's own time")
     info = json.load(open(os.path.join(os.path.dirname(IMAGE), "image.json")))
     mib = lambda b: b / 1048576
     print(f"sizes: disk {mib(info['disk_bytes']):.0f} MiB (sparse), root {mib(info['root_bytes']):.1f} MiB, "

@@ -232,12 +232,20 @@ pub fn power_pressed(buf: &[u8]) -> bool {
     })
 }
 
+/// What sysd wrote on its readiness pipe: `READY` (the API is up) and `SERVICES` (every
+/// boot-time container is up). Both may arrive in one read.
+pub fn ready_messages(buf: &[u8]) -> (bool, bool) {
+    let has = |word: &[u8]| buf.windows(word.len()).any(|w| w == word);
+    (has(b"READY"), has(b"SERVICES"))
+}
+
 struct Supervisor {
     info: BootInfo,
     sysd: Option<Pid>,
     ready_pipe: Option<File>,
     starts: u32,
     ready_once: bool,
+    services_once: bool,
     next_start: Option<Instant>,
     last_start: Instant,
     failures: u32,
@@ -251,6 +259,7 @@ impl Supervisor {
             ready_pipe: None,
             starts: 0,
             ready_once: false,
+            services_once: false,
             next_start: Some(Instant::now()),
             last_start: Instant::now(),
             failures: 0,
@@ -339,21 +348,31 @@ impl Supervisor {
         match p.read(&mut buf) {
             Ok(0) | Err(_) => self.ready_pipe = None,
             Ok(n) => {
-                if buf[..n].windows(5).any(|w| w == b"READY") {
+                let (ready, services) = ready_messages(&buf[..n]);
+                if ready {
                     if !self.ready_once {
                         self.ready_once = true;
-                        let t = console::phase("ready");
-                        self.info.phases.push(Phase {
-                            name: "ready".into(),
-                            t,
-                        });
-                        save_info(&self.info);
+                        self.phase("ready");
                     } else {
                         console::info(&format!("sysd ready again (start #{})", self.starts));
                     }
                 }
+                if services && !self.services_once {
+                    self.services_once = true;
+                    self.phase("services");
+                }
             }
         }
+    }
+
+    /// Prints `berth: <name> t=...` and records the phase in the boot info.
+    fn phase(&mut self, name: &str) {
+        let t = console::phase(name);
+        self.info.phases.push(Phase {
+            name: name.into(),
+            t,
+        });
+        save_info(&self.info);
     }
 
     fn run(mut self, sfd: &SignalFd, buttons: &[File]) -> ! {
@@ -425,6 +444,14 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_messages() {
+        assert_eq!(ready_messages(b"READY\n"), (true, false));
+        assert_eq!(ready_messages(b"SERVICES\n"), (false, true));
+        assert_eq!(ready_messages(b"READY\nSERVICES\n"), (true, true));
+        assert_eq!(ready_messages(b"garbage"), (false, false));
+    }
 
     #[test]
     fn controllers_line() {

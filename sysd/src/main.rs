@@ -87,16 +87,6 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         audit: Some(audit.clone()),
         remote: None,
     };
-    // The remote API (off without [api] ca); its connections share the exec sessions.
-    let remote = berth_sysd::remote::start(
-        node.watch_config(),
-        manager.clone(),
-        audit,
-        Default::default(),
-    );
-    manager.remote = Some(remote);
-    tokio::spawn(berth_sysd::api::serve(listener, manager));
-
     if let Err(e) = berth_sysd::bridge::start(socket) {
         tracing::warn!("no host access to osctl: {:#}", anyhow::Error::from(e));
     }
@@ -108,17 +98,15 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
     }
     tracing::info!("sysd started (start #{start}, pid {})", std::process::id());
 
-    if let Some(r) = ready {
-        if let Err(e) = r.notify() {
-            tracing::warn!("cannot notify PID 1 of readiness: {e}");
-        }
-    }
     // Before the services start: ntpd mounts its config from here.
     if let Err(e) =
         berth_sysd::node::write_ntpd_conf(Path::new(berth_sysd::node::NTPD_CONF), &config)
     {
         tracing::error!("cannot write {}: {e}", berth_sysd::node::NTPD_CONF);
     }
+    // Containers are registered (and, after a sysd restart, re-adopted) before the API
+    // serves: a client never sees a node without its containers. The socket is bound
+    // already, so early clients wait in its backlog.
     if let Some(m) = &containers {
         use berth_sysd::containers::{load_services, Kind};
         let (system, mut problems) = load_services(&paths.services);
@@ -135,6 +123,32 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         problems.extend(m.launch(specs));
         for p in problems {
             tracing::error!("containers: {p}");
+        }
+    }
+    // The remote API (off without [api] ca); its connections share the exec sessions.
+    let remote = berth_sysd::remote::start(
+        node.watch_config(),
+        manager.clone(),
+        audit,
+        Default::default(),
+    );
+    manager.remote = Some(remote);
+    tokio::spawn(berth_sysd::api::serve(listener, manager));
+
+    if let Some(mut r) = ready {
+        if let Err(e) = r.ready() {
+            tracing::warn!("cannot notify PID 1 of readiness: {e}");
+        }
+        // `berth: services` once every boot-time container is up.
+        if let Some(m) = containers.clone() {
+            tokio::spawn(async move {
+                m.wait_boot_services(std::time::Duration::from_secs(120))
+                    .await;
+                tracing::info!("every boot-time container is up");
+                if let Err(e) = r.services() {
+                    tracing::warn!("cannot tell PID 1 the services are up: {e}");
+                }
+            });
         }
     }
     node.resume();

@@ -5,7 +5,8 @@
 use std::io::Write;
 use std::os::fd::FromRawFd;
 
-/// The pipe end PID 1 reads `READY\n` from.
+/// The pipe end PID 1 reads `READY\n` (the API is up) and then `SERVICES\n` (every boot-time
+/// container runs) from.
 pub struct ReadyFd(std::fs::File);
 
 impl ReadyFd {
@@ -21,9 +22,15 @@ impl ReadyFd {
         Some(ReadyFd(unsafe { std::fs::File::from_raw_fd(fd) }))
     }
 
-    /// Tell PID 1 the machine is ready; consumes the fd.
-    pub fn notify(mut self) -> std::io::Result<()> {
+    /// Tell PID 1 the API is up (`berth: ready`).
+    pub fn ready(&mut self) -> std::io::Result<()> {
         self.0.write_all(b"READY\n")
+    }
+
+    /// Tell PID 1 every system container and boot-time workload runs (`berth: services`);
+    /// consumes the fd, the last message.
+    pub fn services(mut self) -> std::io::Result<()> {
+        self.0.write_all(b"SERVICES\n")
     }
 }
 

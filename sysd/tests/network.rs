@@ -39,10 +39,13 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        // Tests run in parallel threads of one process: a lab number of their own.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = std::process::id() % 100_000;
+        let l = LABS.fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = ["h", "a", "b"]
             .iter()
-            .map(|r| format!("berth-sd{n}-{r}"))
+            .map(|r| format!("berth-sd{n}-{l}{r}"))
             .collect();
         for ns in &names {
             ip(&["netns", "add", ns]);
@@ -271,6 +274,75 @@ fn bridged_containers_get_addresses_ports_and_each_others_names() {
                 assert!(!ip(&["-n", &names_b, "link"]).contains("eth0"));
                 let links = ip(&["link"]);
                 assert!(!links.contains("vb"), "{links}");
+            });
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// Issue 18: 100 create/delete cycles of a bridged container with a published port leave
+/// no interface, address or rule behind, and the address is free again.
+#[test]
+fn hundred_bridge_cycles_leak_nothing() {
+    let mut lab = Lab::new();
+    let pid = lab.sleeper(1);
+    let dir = tempfile::tempdir().unwrap();
+    let host_resolv = dir.path().join("host-resolv.conf");
+    std::fs::write(&host_resolv, "nameserver 192.0.2.53\n").unwrap();
+    let paths = NetPaths {
+        ipam: dir.path().join("net/ipam.json"),
+        files: dir.path().join("files"),
+        host_resolv,
+    };
+    let subnet: berth_config::Cidr = "10.124.0.0/24".parse().unwrap();
+    let (h, host_ns, ctr_ns) = (lab.path(0), lab.names[0].clone(), lab.names[1].clone());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&h);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let b = Bridge::setup("berth0", subnet, paths.clone(), &[])
+                    .await
+                    .unwrap();
+                let links0 = ip(&["-n", &host_ns, "-o", "link"]).lines().count();
+                // IPv4: the bridge gains its IPv6 link-local address when its first port
+                // comes up, which is the kernel's, not a leak.
+                let addrs0 = ip(&["-n", &host_ns, "-4", "-o", "addr"]);
+                let rules0 = berth_net::Nft::open().unwrap().rules().unwrap().len();
+                let web = ports(&["8080:80"]);
+                let t = std::time::Instant::now();
+                for i in 0..100 {
+                    let addr = b.prepare("cycle", &web).unwrap();
+                    assert_eq!(addr, Ipv4Addr::new(10, 124, 0, 2), "cycle {i}");
+                    b.attach("cycle", pid, addr, &web).await.unwrap();
+                    assert_eq!(rules_of("cycle"), 1, "cycle {i}");
+                    b.detach("cycle").await.unwrap();
+                    b.release("cycle").unwrap();
+                }
+                println!("100 bridge cycles in {:?}", t.elapsed());
+                assert_eq!(rules_of("cycle"), 0);
+                assert_eq!(
+                    berth_net::Nft::open().unwrap().rules().unwrap().len(),
+                    rules0
+                );
+                assert_eq!(
+                    ip(&["-n", &host_ns, "-o", "link"]).lines().count(),
+                    links0,
+                    "{}",
+                    ip(&["-n", &host_ns, "-o", "link"])
+                );
+                assert_eq!(ip(&["-n", &host_ns, "-4", "-o", "addr"]), addrs0);
+                assert!(!ip(&["-n", &ctr_ns, "link"]).contains("eth0"));
+                assert!(!paths.files.join("cycle").exists());
+                // The address is free: the next container gets the first one again.
+                assert_eq!(
+                    b.prepare("next", &[]).unwrap(),
+                    Ipv4Addr::new(10, 124, 0, 2)
+                );
             });
         })
         .join()

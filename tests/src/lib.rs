@@ -39,6 +39,19 @@ pub fn image() -> PathBuf {
     p
 }
 
+/// The static probe binary (`make system-test` builds it next to the OS binaries).
+pub fn probe_bin() -> PathBuf {
+    let p = std::env::var_os("BERTH_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/x86_64-unknown-linux-gnu/release/berth-probe"));
+    assert!(
+        p.exists(),
+        "no berth-probe at {} (make system-test builds it)",
+        p.display()
+    );
+    p
+}
+
 /// The build record next to the image (`image.json`).
 pub fn image_info(image: &Path) -> Value {
     let p = image.with_file_name("image.json");
@@ -237,6 +250,26 @@ impl Vm {
             .args(args)
             .output()
             .expect("running osctl")
+    }
+
+    /// Copies the static `berth-probe` into `container` as `/tmp/berth-probe` (through
+    /// `osctl exec -i`).
+    pub fn upload_probe(&self, container: &str) {
+        let argv = self.osctl_argv();
+        let upload = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["exec", "-i", container, "--", "sh", "-c"])
+            .arg("cat > /tmp/berth-probe && chmod 755 /tmp/berth-probe")
+            .stdin(std::process::Stdio::from(
+                std::fs::File::open(probe_bin()).expect("opening berth-probe"),
+            ))
+            .output()
+            .expect("running osctl");
+        assert!(
+            upload.status.success(),
+            "uploading the probe into {container}: {}",
+            String::from_utf8_lossy(&upload.stderr)
+        );
     }
 
     /// Run osctl and return its stdout; panics with its stderr when it fails.

@@ -32,8 +32,24 @@ fn lifecycle() {
     ] {
         assert!(log.contains(stage), "console lacks {stage:?}");
     }
+    // Issue 21: a `services` phase once every system container runs, after `ready`.
+    vm.wait_serial("berth: services t=", BOOT_TIMEOUT);
 
     let st = vm.status();
+    let phases: Vec<&str> = st["phases"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p[0].as_str()).collect())
+        .unwrap_or_default();
+    let at = |name: &str| phases.iter().position(|p| *p == name);
+    assert!(
+        at("ready").is_some() && at("services") > at("ready"),
+        "phases: {phases:?}"
+    );
+    for c in vm.osctl_json(&["ps"]).as_array().unwrap() {
+        if c["kind"] == "system" {
+            assert_eq!(c["state"], "running", "at `services`: {c:#}");
+        }
+    }
     // Root: EROFS, read-only, on the slot's dm-verity device with the image's root hash.
     assert_eq!(st["root"]["fstype"], "erofs", "{st:#}");
     assert_eq!(st["root"]["read_only"], true);

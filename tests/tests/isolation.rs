@@ -14,44 +14,15 @@
 
 use berth_tests::*;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 const LOOP: &str = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done";
-
-/// The static probe binary (`make system-test` builds it next to the OS binaries).
-fn probe_bin() -> PathBuf {
-    let p = std::env::var_os("BERTH_PROBE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/x86_64-unknown-linux-gnu/release/berth-probe"));
-    assert!(
-        p.exists(),
-        "no berth-probe at {} (make system-test builds it)",
-        p.display()
-    );
-    p
-}
 
 /// One probe's outcome: OPEN (true) or BLOCKED (false), and its detail.
 type Probes = BTreeMap<String, (bool, String)>;
 
 /// Copies the probe into the container (through `osctl exec -i`) and runs it there.
 fn run_probes(vm: &Vm, container: &str) -> Probes {
-    let argv = vm.osctl_argv();
-    let upload = Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["exec", "-i", container, "--", "sh", "-c"])
-        .arg("cat > /tmp/berth-probe && chmod 755 /tmp/berth-probe")
-        .stdin(Stdio::from(
-            std::fs::File::open(probe_bin()).expect("opening berth-probe"),
-        ))
-        .output()
-        .expect("running osctl");
-    assert!(
-        upload.status.success(),
-        "uploading the probe into {container}: {}",
-        String::from_utf8_lossy(&upload.stderr)
-    );
+    vm.upload_probe(container);
     let out = vm.osctl(&["exec", container, "--", "/tmp/berth-probe"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

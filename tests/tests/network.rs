@@ -3,8 +3,10 @@
 //! published on different node ports; the host reaches each through QEMU `hostfwd`
 //! (restrict=on) and gets the right answer; one finds the other by name; egress from a
 //! container reaches a server on the host (guestfwd); a port taken by another container is
-//! refused naming it; `osctl rm` leaves no veth behind and the port closed; sysd killed and
-//! restarted keeps the published ports answering.
+//! refused naming it; `osctl rm` leaves no interface or nf_tables rule behind (listed by
+//! `berth-probe net-state` in a host-network NET_ADMIN container), also after 5 run/rm
+//! cycles (the host test `sysd/tests/network.rs` runs 100), and the port closed; sysd
+//! killed and restarted keeps the published ports answering and the same rules.
 
 use berth_tests::remote::{free_port, text};
 use berth_tests::*;
@@ -27,6 +29,21 @@ command = ["/bin/sh", "-c", "mkdir -p /www && echo {name} > /www/index.html && e
 "#
     )
 }
+
+/// `osctl run`/`rm` cycles in the VM (each takes seconds under TCG); the host test
+/// `sysd/tests/network.rs` runs 100 through the same `Bridge` code.
+const CYCLES: usize = 5;
+
+/// Where `berth-probe net-state` runs: the node's network namespace, NET_ADMIN to read the
+/// nf_tables table.
+const NETSTATE: &str = r#"
+[[containers]]
+name = "netstate"
+image = "admin"
+network = "host"
+capabilities = ["NET_ADMIN"]
+command = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+"#;
 
 /// A one-line HTTP server on 127.0.0.1 of the host (what a container's egress reaches).
 fn host_server() -> u16 {
@@ -84,14 +101,45 @@ fn find<'a>(ps: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} not in ps: {ps:#}"))
 }
 
+/// The node's interfaces and the rules of table `ip berth` (`berth-probe net-state` in the
+/// `netstate` container): ("LINK name" lines, "RULE chain container" lines).
+fn net_state(vm: &Vm) -> (Vec<String>, Vec<String>) {
+    let out = vm.osctl_ok(&[
+        "exec",
+        "-T",
+        "netstate",
+        "--",
+        "/tmp/berth-probe",
+        "net-state",
+    ]);
+    let pick = |kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix(kind))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    };
+    (pick("LINK "), pick("RULE "))
+}
+
 /// The host ends of berth's veth pairs (`vb...`) in the node's network namespace.
 fn veths(vm: &Vm) -> Vec<String> {
-    vm.osctl_ok(&["exec", "-T", "admin", "--", "ip", "-o", "link"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+    net_state(vm)
+        .0
+        .into_iter()
         .filter(|n| n.starts_with("vb"))
         .collect()
+}
+
+/// Rules of table `ip berth` that belong to `container`.
+fn rules_of(vm: &Vm, container: &str) -> usize {
+    net_state(vm)
+        .1
+        .iter()
+        .filter(|r| r.split_whitespace().nth(1) == Some(container))
+        .count()
 }
 
 #[test]
@@ -104,7 +152,7 @@ fn bridge_ports_names_and_egress() {
     std::fs::write(
         &cfg,
         format!(
-            "[host]\nhostname = \"net\"\n{}{}",
+            "[host]\nhostname = \"net\"\n{}{}{NETSTATE}",
             web("web1", 8081),
             web("web2", 8082)
         ),
@@ -131,6 +179,8 @@ fn bridge_ports_names_and_egress() {
     vm.wait_serial("berth: ready", BOOT_TIMEOUT);
     vm.wait_running("web1");
     vm.wait_running("web2");
+    vm.wait_running("netstate");
+    vm.upload_probe("netstate");
 
     // The same container port, two node ports, the right answer from each.
     let t = Instant::now();
@@ -198,9 +248,11 @@ fn bridge_ports_names_and_egress() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("web1"), "{}", text(&o));
 
-    // A workload run and removed: its veth and its port are gone.
+    // A workload run and removed: its veth, its rules and its port are gone.
+    let (links0, rules0) = net_state(&vm);
     let before = veths(&vm);
     assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(rules_of(&vm, "web1"), 1, "{rules0:?}");
     vm.osctl_ok(&[
         "run",
         "admin",
@@ -217,6 +269,7 @@ fn bridge_ports_names_and_egress() {
     ]);
     vm.wait_running("web4");
     assert_eq!(veths(&vm).len(), 3);
+    assert_eq!(rules_of(&vm, "web4"), 1);
     let out = vm.wait_for("web4 on 8084", Duration::from_secs(60), || {
         get_in(&vm, "admin", "127.0.0.1", 8084)
     });
@@ -224,9 +277,43 @@ fn bridge_ports_names_and_egress() {
     vm.osctl_ok(&["rm", "-f", "web4"]);
     assert_eq!(veths(&vm), before, "a veth outlived osctl rm");
     assert_eq!(
+        net_state(&vm),
+        (links0.clone(), rules0.clone()),
+        "an interface or rule outlived osctl rm"
+    );
+    assert_eq!(
         get_in(&vm, "admin", "127.0.0.1", 8084),
         None,
         "8084 still answers after rm"
+    );
+
+    // Run/rm cycles of a bridged container with a published port leak nothing.
+    let t = Instant::now();
+    for i in 0..CYCLES {
+        vm.osctl_ok(&[
+            "run",
+            "admin",
+            "--name",
+            "cycle",
+            "--network",
+            "bridge",
+            "-p",
+            "8090:80",
+            "--",
+            "sleep",
+            "600",
+        ]);
+        vm.wait_running("cycle");
+        if i == 0 {
+            assert_eq!(rules_of(&vm, "cycle"), 1);
+        }
+        vm.osctl_ok(&["rm", "-f", "cycle"]);
+    }
+    println!("{CYCLES} run/rm cycles in {:?}", t.elapsed());
+    assert_eq!(
+        net_state(&vm),
+        (links0.clone(), rules0.clone()),
+        "{CYCLES} run/rm cycles leaked an interface or rule"
     );
 
     // sysd killed: PID 1 restarts it, it re-adopts the containers, the ports keep working.
@@ -240,5 +327,9 @@ fn bridge_ports_names_and_egress() {
     get_until(p2, "web2", Duration::from_secs(60));
     let ps = vm.osctl_json(&["ps"]);
     assert_eq!(find(&ps, "web1")["address"], w1["address"], "{ps:#}");
-    assert_eq!(veths(&vm), before, "veths changed across a sysd restart");
+    assert_eq!(
+        net_state(&vm),
+        (links0, rules0),
+        "interfaces or rules changed across a sysd restart"
+    );
 }

@@ -778,6 +778,45 @@ impl Manager {
             .collect()
     }
 
+    /// Boot-time containers (the system services and the config's workloads, not `osctl
+    /// run` ones) that are not up yet, sorted: up is running (and healthy, where it has a
+    /// check) or finished with status 0.
+    pub fn boot_pending(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.sh)
+            .iter()
+            .filter(|(_, e)| e.kind != Kind::Run)
+            .filter(|(_, e)| {
+                let up = e.state == "running" && matches!(e.health, Health::None | Health::Healthy);
+                let done = e.state == "exited" && e.exit_code == 0;
+                !(up || done)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Returns once [`Manager::boot_pending`] is empty; logs what it still waits for after
+    /// `warn_after`.
+    pub async fn wait_boot_services(&self, warn_after: Duration) {
+        let mut rx = self.sh.changed.subscribe();
+        let warn_at = tokio::time::Instant::now() + warn_after;
+        let mut warned = false;
+        loop {
+            let pending = self.boot_pending();
+            if pending.is_empty() {
+                return;
+            }
+            if !warned && tokio::time::Instant::now() >= warn_at {
+                warned = true;
+                tracing::warn!("boot: still waiting for {}", pending.join(", "));
+            }
+            // Health results change the state without always changing `changed`: look again
+            // at least every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        }
+    }
+
     /// Required services and their health, and whether all are healthy.
     pub fn required_health(&self) -> (Vec<(String, String)>, bool) {
         let e = lock(&self.sh);

@@ -8,6 +8,11 @@
 //! and the program ends with `PROBES DONE <count>`. It never writes to a device or a
 //! kernel setting it managed to open: opening for writing is the proof.
 //! A static binary (built with `+crt-static`), so it runs in a busybox image.
+//!
+//! `berth-probe net-state` instead lists what the workload bridge left in the network
+//! namespace it runs in (the node's, in a `network = "host"` container with NET_ADMIN): one
+//! `LINK <name>` line per interface and one `RULE <chain> <container or ->` line per rule of
+//! nf_tables table `ip berth`, for the network system test's leak checks.
 
 mod sys;
 
@@ -116,7 +121,41 @@ fn connect_abstract(name: &str) -> Result<(), i32> {
         .map_err(|e| io_errno(&e))
 }
 
+/// `net-state`: interfaces and the NAT table's rules, as the module doc says.
+fn net_state() -> i32 {
+    let mut links: Vec<String> = match fs::read_dir("/sys/class/net") {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => {
+            eprintln!("berth-probe: /sys/class/net: {e}");
+            return 1;
+        }
+    };
+    links.sort();
+    for l in links {
+        println!("LINK {l}");
+    }
+    let rules = berth_net::Nft::open().and_then(|mut n| n.rules());
+    match rules {
+        Ok(rules) => {
+            for r in rules {
+                println!("RULE {} {}", r.chain, r.container.as_deref().unwrap_or("-"));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("berth-probe: listing table ip berth: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("net-state") {
+        std::process::exit(net_state());
+    }
     let mut r = Report { count: 0 };
 
     // Raw block devices: every disk and partition, on the rootfs (/tmp), on /dev, and on a
