@@ -43,6 +43,9 @@ NEEDS=(
   "crun crun"
   "script bsdutils"
   "pkill procps"
+  "etcd etcd-server"
+  "etcdctl etcd-client"
+  "protoc protobuf-compiler"
 )
 # The arm64 image: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
 NEEDS_ARM64=(

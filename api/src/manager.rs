@@ -307,6 +307,10 @@ pub trait Manager {
     ) -> Result<String, ManagerError>;
     /// The remote API listener: state, address, node certificate fingerprint.
     fn api_status(&self) -> Result<ApiStatus, ManagerError>;
+    /// The node's id: the machine id kept in `/var/lib/berth/machine-id` (made at first
+    /// use), also its FleetLock id. A method of its own, like `ApiStatus`, so `Status`'s
+    /// D-Bus signature stays as older osctl read it.
+    fn machine_id(&self) -> Result<String, ManagerError>;
     /// Mint a client certificate with `role` (`admin`, `operator`, `reader`) for `name`
     /// (its Subject CN), valid `ttl_secs` seconds (0 = 24 h), signed by the node's
     /// `[api] ca_key`; returns an osctl client file (TOML, one context called `name`, with

@@ -88,6 +88,7 @@ methods! {
     Config => Reader,
     UpdateStatus => Reader,
     ApiStatus => Reader,
+    MachineId => Reader,
     Start => Operator,
     Stop => Operator,
     Restart => Operator,

@@ -321,6 +321,12 @@ pub struct Update {
     /// try counts as failed, and after three failed tries the boot loader falls back to
     /// the previous version.
     pub health_deadline: Duration,
+    /// `immediate` (reboot as the policy and window allow) or `fleetlock` (first take a
+    /// reboot slot from a FleetLock server, `[update.fleetlock]`).
+    pub strategy: UpdateStrategy,
+    /// The FleetLock server(s) and this node's reboot group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleetlock: Option<FleetLock>,
 }
 
 impl Default for Update {
@@ -331,6 +337,55 @@ impl Default for Update {
             reboot_window: None,
             trusted_keys: Vec::new(),
             health_deadline: Duration::secs(300),
+            strategy: UpdateStrategy::Immediate,
+            fleetlock: None,
+        }
+    }
+}
+
+/// How a node coordinates its reboots into installed updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateStrategy {
+    /// On its own, as `policy` and `reboot_window` allow.
+    #[default]
+    Immediate,
+    /// Only while holding a reboot slot of a FleetLock server (Zincati's protocol).
+    Fleetlock,
+}
+
+/// `[update.fleetlock]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetLock {
+    /// Base URL of the FleetLock server (`http://host:3333/`), or several: a failed
+    /// request moves on to the next.
+    pub url: Urls,
+    /// Reboot group (`[a-zA-Z0-9.-]+`).
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+/// One URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Urls {
+    /// `url = "http://..."`
+    One(String),
+    /// `url = ["http://...", "http://..."]`
+    Many(Vec<String>),
+}
+
+impl Urls {
+    /// The URLs, in order.
+    pub fn list(&self) -> Vec<&str> {
+        match self {
+            Urls::One(u) => vec![u.as_str()],
+            Urls::Many(v) => v.iter().map(String::as_str).collect(),
         }
     }
 }

@@ -693,3 +693,36 @@ fn bridge_subnets_that_cannot_work_are_refused() {
     );
     parse("[[network.interfaces]]\nname = \"eth0\"\nmode = \"static\"\naddresses = [\"10.89.0.5/16\"]\n").unwrap();
 }
+
+#[test]
+fn fleetlock_strategy_and_urls() {
+    let base = "[update]\nsource = \"registry.example.com/berth/os:stable\"\npolicy = \"auto\"\nstrategy = \"fleetlock\"\n[update.fleetlock]\n";
+    for url in [
+        "\"http://lock.example.com:3333/\"",
+        "\"https://lock.example.com/base/\"",
+        "\"http://10.0.0.5:3333\"",
+        "\"http://[fd00::5]:3333/\"",
+        "[\"http://a:3333/\", \"http://b:3333/\"]",
+    ] {
+        let c = parse(&format!("{base}url = {url}\n")).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let f = c.update.fleetlock.as_ref().unwrap();
+        assert_eq!(f.group, "default");
+        assert_eq!(c.update.strategy, UpdateStrategy::Fleetlock);
+        assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+    }
+    for (url, why) in [
+        ("\"lock.example.com:3333\"", "update.fleetlock.url: invalid FleetLock URL \"lock.example.com:3333\": the scheme must be http:// or https://"),
+        ("\"http://\"", "no host"),
+        ("\"http://:3333/\"", "no host"),
+        ("\"http://u:p@lock/\"", "no user:password@"),
+        ("\"http://lock/?x=1\"", "no query or fragment"),
+        ("\"http://lock:0/\"", "the port must be 1-65535"),
+        ("\"http://[fd00::5/\"", "unclosed ["),
+        ("[]", "update.fleetlock.url: at least one URL"),
+        ("[\"http://a/\", \"b\"]", "update.fleetlock.url[1]: invalid FleetLock URL"),
+    ] {
+        let e = err(&format!("{base}url = {url}\n"));
+        assert!(e.contains(why), "{url}: {e}");
+    }
+    assert_eq!(Config::default().update.strategy, UpdateStrategy::Immediate);
+}

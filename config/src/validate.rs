@@ -463,6 +463,99 @@ fn update(c: &Config, cx: &mut Ctx<'_>) {
             );
         }
     }
+    fleetlock(u, &up, cx);
+}
+
+/// `[update] strategy` and `[update.fleetlock]`.
+fn fleetlock(u: &crate::schema::Update, up: &KeyPath, cx: &mut Ctx<'_>) {
+    use crate::schema::{UpdateStrategy, Urls};
+    let Some(f) = &u.fleetlock else {
+        if u.strategy == UpdateStrategy::Fleetlock {
+            cx.err(
+                up.key("strategy"),
+                "strategy = \"fleetlock\" needs [update.fleetlock] with url (the lock server, e.g. \"http://fleetlock.example.com:3333/\")",
+            );
+        }
+        return;
+    };
+    let fp = up.key("fleetlock");
+    let urls = f.url.list();
+    if urls.is_empty() {
+        cx.err(fp.key("url"), "at least one URL of a FleetLock server");
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let at = match f.url {
+            Urls::One(_) => fp.key("url"),
+            Urls::Many(_) => fp.key("url").index(i),
+        };
+        if let Err(why) = fleetlock_url(url) {
+            cx.err(at, format!("invalid FleetLock URL {url:?}: {why}"));
+        }
+    }
+    let g = &f.group;
+    if g.is_empty()
+        || g.len() > 128
+        || !g
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        cx.err(
+            fp.key("group"),
+            format!("invalid group {g:?} (letters, digits, '.' and '-', at most 128)"),
+        );
+    }
+    if u.strategy != UpdateStrategy::Fleetlock {
+        cx.err(
+            up.key("strategy"),
+            "[update.fleetlock] is set but strategy is not \"fleetlock\" (set strategy = \"fleetlock\", or remove the table)",
+        );
+    }
+}
+
+/// An `http://` or `https://` base URL with a host, no user info, query or fragment.
+fn fleetlock_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("the scheme must be http:// or https://")?;
+    let (authority, _path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.is_empty() {
+        return Err("no host");
+    }
+    if authority.contains('@') {
+        return Err("no user:password@ (FleetLock has no authentication of its own)");
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err("no query or fragment");
+    }
+    if url
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("spaces or control characters");
+    }
+    // host, host:port, [v6], [v6]:port
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+        match after {
+            "" => (h, None),
+            a => (h, Some(a.strip_prefix(':').ok_or("junk after ]")?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
+            return Err("the port must be 1-65535");
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `text` is PEM with only blocks labelled as `labels` allows (at least one

@@ -426,7 +426,10 @@ async fn run(cli: Cli) -> ExitCode {
                     }
                     Output::Text => {
                         print!("{}", format_status(&s));
-                        // A node without the remote API method answers an error: no line.
+                        // Older nodes lack these methods and answer an error: no line.
+                        if let Ok(id) = m.machine_id().await {
+                            println!("{:<14} {id}", "machine id");
+                        }
                         if let Ok(a) = m.api_status().await {
                             print!("{}", berth_osctl::format_api_status(&a));
                         }

@@ -65,6 +65,9 @@ pub fn format_status(v: &Value) -> String {
     if let Some(note) = v["boot"]["note"].as_str().filter(|n| !n.is_empty()) {
         line("this boot", note.to_string());
     }
+    if let Some(f) = v["fleet_lock"]["text"].as_str() {
+        line("fleet lock", f.to_string());
+    }
     let job = &st["in_progress"];
     if !job.is_null() {
         line(
@@ -188,6 +191,9 @@ pub fn format_apply(v: &Value) -> String {
         )
     };
     let r = &v["reboot"];
+    if v["fleet_lock"].as_bool() == Some(true) && r["when"].as_str().is_some() {
+        out.push_str("taking a reboot slot from the fleet lock server first (osctl update status shows it), then ");
+    }
     out.push_str(&match r["when"].as_str() {
         Some("now") => "rebooting into it now (policy auto)\n".to_string(),
         Some("at") => format!(
@@ -226,7 +232,8 @@ mod tests {
             },
             "boot": {"check": {"kind": "awaiting-bless", "tries_left": 2},
                      "note": "waiting to bless: ntpd starting (40 s left)"},
-            "policy": "manual", "health_deadline_secs": 300
+            "policy": "manual", "health_deadline_secs": 300,
+            "fleet_lock": {"text": "waiting for the fleet lock (group default, 3 tries)"}
         });
         let t = format_status(&v);
         assert!(
@@ -235,6 +242,10 @@ mod tests {
         );
         assert!(t.contains("other slot     a: fallback 0.1.0"), "{t}");
         assert!(t.contains("this boot      waiting to bless"), "{t}");
+        assert!(
+            t.contains("fleet lock     waiting for the fleet lock (group default, 3 tries)"),
+            "{t}"
+        );
         assert!(t.contains("download 1.0, write 2.0, verify 0.5"), "{t}");
         assert!(
             t.contains("failed         0.3.0 (slot a): ran out of tries"),

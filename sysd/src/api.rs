@@ -678,6 +678,15 @@ impl Manager {
         .await
     }
 
+    async fn machine_id(&self) -> Result<String, ManagerError> {
+        self.call(Method::MachineId, async move {
+            let p = berth_updater::fleetlock::MACHINE_ID_PATH;
+            berth_updater::fleetlock::node_id(std::path::Path::new(p))
+                .map_err(|e| ManagerError::Failed(format!("machine id {p}: {e}")))
+        })
+        .await
+    }
+
     async fn api_status(&self) -> Result<ApiStatus, ManagerError> {
         self.call(Method::ApiStatus, async move {
             Ok(self

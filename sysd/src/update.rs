@@ -5,7 +5,8 @@
 //! config's update policy.
 
 use berth_api::ManagerError;
-use berth_config::{Config, UpdatePolicy};
+use berth_config::{Config, UpdatePolicy, UpdateStrategy};
+use berth_updater::fleetlock;
 use berth_updater::{
     ApplyEvent, ApplyOptions, ApplyOutcome, BootCheck, CheckResult, RebootDecision, Running,
     Settings, SlotDevices, Updater,
@@ -139,6 +140,28 @@ pub struct NodeUpdates {
     /// One apply/rollback at a time from this sysd (the updater's lock file also guards
     /// against other processes).
     busy: tokio::sync::Mutex<()>,
+    /// `strategy = "fleetlock"`: where this node stands with the lock server.
+    fleet: Mutex<Option<fleetlock::SharedStatus>>,
+    /// The task taking the lock and then rebooting, once an update is installed.
+    fleet_reboot: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The FleetLock client for the config in force (`None` unless `strategy = "fleetlock"`).
+fn fleet_client(config: &Config) -> Option<Result<fleetlock::Client, String>> {
+    if config.update.strategy != UpdateStrategy::Fleetlock {
+        return None;
+    }
+    let Some(f) = config.update.fleetlock.as_ref() else {
+        // The validator refuses this; never treat it as "immediate".
+        return Some(Err(
+            "strategy = \"fleetlock\" without [update.fleetlock]".into()
+        ));
+    };
+    Some(
+        fleetlock::node_id(Path::new(fleetlock::MACHINE_ID_PATH))
+            .map_err(|e| format!("machine id {}: {e}", fleetlock::MACHINE_ID_PATH))
+            .and_then(|id| fleetlock::Client::from_config(f, &id).map_err(|e| e.to_string())),
+    )
 }
 
 fn set_note(u: &NodeUpdates, note: String) {
@@ -182,28 +205,94 @@ impl NodeUpdates {
         Arc::new(NodeUpdates {
             boot: Mutex::new(BootState::default()),
             busy: tokio::sync::Mutex::new(()),
+            fleet: Mutex::new(None),
+            fleet_reboot: Mutex::new(None),
         })
+    }
+
+    /// The shared lock status for `client` (kept across operations of this sysd).
+    fn fleet_status(&self, client: &fleetlock::Client) -> fleetlock::SharedStatus {
+        let mut f = self.fleet.lock().unwrap_or_else(|e| e.into_inner());
+        match &*f {
+            Some(s) => {
+                let mut st = s.lock().unwrap_or_else(|e| e.into_inner());
+                st.group = client.group().to_string();
+                st.id = client.id().to_string();
+                drop(st);
+                s.clone()
+            }
+            None => {
+                let s = client.new_status();
+                *f = Some(s.clone());
+                s
+            }
+        }
+    }
+
+    /// Once per boot: with `strategy = "fleetlock"`, give back any reboot slot this node
+    /// holds as soon as it is healthy (whatever made it reboot), retrying until the lock
+    /// server confirms.
+    async fn release_fleet_lock(&self, node: &crate::node::Node) {
+        let config = node.config();
+        let client = match fleet_client(&config) {
+            None => return,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::error!("fleet lock: {e}");
+                return;
+            }
+        };
+        let status = self.fleet_status(&client);
+        while let Err(why) = node.healthy().await {
+            tracing::debug!("fleet lock: not releasing yet: {why}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        client.release(&status).await;
     }
 
     /// Once per boot, after the containers are launched: record a fallback, and bless a
     /// new version once `node` is healthy, or reboot when the config's health deadline
     /// passes first (the boot loader counts the try; after three it falls back).
+    /// With `strategy = "fleetlock"`, any reboot slot held is then given back once the
+    /// node is healthy (after the blessing, for a new version).
+    /// An update installed but not yet booted (sysd restarted while its reboot waited for
+    /// the lock) asks for the lock again instead.
     pub async fn at_boot(self: Arc<Self>, node: Arc<crate::node::Node>) {
+        if !self.check_and_bless(&node).await {
+            return;
+        }
+        let config = node.config();
+        let pending = matches!(
+            self.boot.lock().unwrap_or_else(|e| e.into_inner()).check,
+            Some(BootCheck::UpdatePending { .. })
+        );
+        if pending && config.update.policy == UpdatePolicy::Auto && fleet_client(&config).is_some()
+        {
+            tracing::info!("fleet lock: an installed update still waits for its reboot");
+            self.reboot_after_install(&config);
+        } else {
+            self.release_fleet_lock(&node).await;
+        }
+    }
+
+    /// The boot check and blessing; `false` when this boot failed its health deadline
+    /// (the node is rebooting).
+    async fn check_and_bless(self: &Arc<Self>, node: &Arc<crate::node::Node>) -> bool {
         let config = node.config();
         let up = match updater(&config) {
             Ok(u) => u,
             Err(e) => {
                 tracing::info!("updates: {e}");
-                set_note(&self, e);
-                return;
+                set_note(self, e);
+                return true;
             }
         };
         let check = match mount_esp().and_then(|_esp| up.boot_check().map_err(|e| e.to_string())) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("update boot check: {e}");
-                set_note(&self, format!("boot check failed: {e}"));
-                return;
+                set_note(self, format!("boot check failed: {e}"));
+                return true;
             }
         };
         self.boot.lock().unwrap_or_else(|e| e.into_inner()).check = Some(check.clone());
@@ -217,7 +306,8 @@ impl NodeUpdates {
                     up.settings().running.version,
                     up.settings().running.slot
                 );
-                set_note(&self, format!("fell back from {failed_version}"));
+                set_note(self, format!("fell back from {failed_version}"));
+                true
             }
             BootCheck::AwaitingBless { tries_left } => {
                 let deadline = config.update.health_deadline.get();
@@ -228,17 +318,27 @@ impl NodeUpdates {
                     tries_left.map(|t| t.to_string()).unwrap_or("?".into()),
                     deadline.as_secs()
                 );
-                self.bless_when_healthy(&up, &node, deadline).await;
+                self.bless_when_healthy(&up, node, deadline).await
             }
             BootCheck::UpdatePending { version } => {
                 let v = version.as_deref().unwrap_or("?");
-                set_note(&self, format!("{v} is installed and boots next"));
+                set_note(self, format!("{v} is installed and boots next"));
+                true
             }
-            BootCheck::Normal => set_note(&self, "running the newest blessed install".into()),
+            BootCheck::Normal => {
+                set_note(self, "running the newest blessed install".into());
+                true
+            }
         }
     }
 
-    async fn bless_when_healthy(&self, up: &Updater, node: &crate::node::Node, deadline: Duration) {
+    /// `false` when the deadline passed (a reboot was asked for).
+    async fn bless_when_healthy(
+        &self,
+        up: &Updater,
+        node: &crate::node::Node,
+        deadline: Duration,
+    ) -> bool {
         let start = tokio::time::Instant::now();
         loop {
             let why = match node.healthy().await {
@@ -255,7 +355,7 @@ impl NodeUpdates {
                             set_note(self, format!("healthy, but blessing failed: {e}"));
                         }
                     }
-                    return;
+                    return true;
                 }
                 Err(why) => why,
             };
@@ -268,7 +368,7 @@ impl NodeUpdates {
                 tracing::error!("update: {msg}");
                 set_note(self, format!("{msg}; rebooting"));
                 reboot("the new OS version is not healthy");
-                return;
+                return false;
             }
             set_note(
                 self,
@@ -285,10 +385,24 @@ impl NodeUpdates {
         let _esp = mount_esp().map_err(failed)?;
         let status = up.status().map_err(update_failed)?;
         let boot = self.boot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fleet = match fleet_client(config) {
+            None => serde_json::Value::Null,
+            Some(Err(e)) => serde_json::json!({ "text": format!("fleet lock: {e}") }),
+            Some(Ok(c)) => {
+                let s = self
+                    .fleet_status(&c)
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                serde_json::json!({ "text": s.describe(), "status": s })
+            }
+        };
         json(&serde_json::json!({
             "status": status,
             "boot": boot,
             "policy": config.update.policy,
+            "strategy": config.update.strategy,
+            "fleet_lock": fleet,
             "health_deadline_secs": config.update.health_deadline.get().as_secs(),
         }))
     }
@@ -347,16 +461,48 @@ impl NodeUpdates {
             out.timings.verify_secs
         );
         let decision = self.reboot_after_install(config);
-        json(&serde_json::json!({ "outcome": out, "reboot": decision }))
+        let fleet = decision != RebootDecision::Manual && fleet_client(config).is_some();
+        json(&serde_json::json!({ "outcome": out, "reboot": decision, "fleet_lock": fleet }))
     }
 
     /// What the policy says about rebooting into a freshly installed version; acts on it.
+    /// With `strategy = "fleetlock"` a task first takes a reboot slot (retrying for as
+    /// long as it takes), then waits for the window, then reboots.
     fn reboot_after_install(&self, config: &Config) -> RebootDecision {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = berth_updater::fsutil::now_unix();
         let d = berth_updater::reboot_decision(&config.update, now);
+        if d == RebootDecision::Manual {
+            return d;
+        }
+        match fleet_client(config) {
+            None => {}
+            Some(Err(e)) => {
+                // Never reboot without the lock the config asks for.
+                tracing::error!("fleet lock: {e}; not rebooting into the update");
+                return RebootDecision::Manual;
+            }
+            Some(Ok(client)) => {
+                let status = self.fleet_status(&client);
+                let update = config.update.clone();
+                let task = tokio::spawn(async move {
+                    // Let the caller get its reply first.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    fleetlock::lock_then_reboot(
+                        &client,
+                        &status,
+                        &update,
+                        berth_updater::fsutil::now_unix,
+                        || reboot("update installed; fleet lock held; policy = \"auto\""),
+                    )
+                    .await;
+                });
+                let mut slot = self.fleet_reboot.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(old) = slot.replace(task) {
+                    old.abort();
+                }
+                return d;
+            }
+        }
         match d {
             RebootDecision::Manual => {}
             RebootDecision::Now => {

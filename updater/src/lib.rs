@@ -94,6 +94,7 @@
 pub mod artifact;
 pub mod bls;
 pub mod engine;
+pub mod fleetlock;
 pub mod fsutil;
 pub mod node;
 pub mod policy;
