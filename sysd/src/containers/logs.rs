@@ -11,6 +11,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::logfwd::format::{LineSplitter, Stream};
+
 /// Largest size of one log file before it is rotated.
 pub const MAX_BYTES: u64 = 1 << 20;
 /// Rotated files kept (`NAME.log.1` .. `NAME.log.N`).
@@ -162,37 +164,95 @@ pub fn now_stamp() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Copies everything from the FIFO `fifo` (opened for reading, non-blocking, as `file`)
-/// into `log` until every writer is gone.
-pub async fn pump_from(file: std::fs::File, fifo: PathBuf, log: LogFile) {
-    let rx = match tokio::net::unix::pipe::Receiver::from_file(file) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("cannot watch log pipe {}: {e}", fifo.display());
-            return;
+/// Where a pump sends lines besides the log file: the forwarder and the container's name.
+#[derive(Clone)]
+pub struct Forward {
+    pub fwd: crate::logfwd::Forwarder,
+    pub app: String,
+}
+
+/// One output FIFO of a container: stdout's, or stderr's when it has its own.
+pub struct Pipe {
+    /// The FIFO, opened for reading, non-blocking.
+    pub file: std::fs::File,
+    pub path: PathBuf,
+    pub stream: Stream,
+}
+
+/// Copies everything from the container's output FIFOs into `log` (and to the forwarder)
+/// until every writer of every FIFO is gone.
+pub async fn pump_from(pipes: Vec<Pipe>, log: LogFile, fwd: Option<Forward>) {
+    let mut ends = Vec::new();
+    for p in pipes {
+        match tokio::net::unix::pipe::Receiver::from_file(p.file) {
+            Ok(r) => ends.push((
+                r,
+                p.path,
+                p.stream,
+                Liner::default(),
+                LineSplitter::default(),
+            )),
+            Err(e) => tracing::warn!("cannot watch log pipe {}: {e}", p.path.display()),
         }
-    };
-    let mut liner = Liner::default();
+    }
     let mut buf = vec![0u8; 64 << 10];
-    loop {
-        if rx.readable().await.is_err() {
-            return;
-        }
-        match rx.try_read(&mut buf) {
-            Ok(0) => return,
+    while !ends.is_empty() {
+        // The first FIFO with data (or whose writers are gone).
+        let ready = tokio::select! {
+            _ = ends[0].0.readable() => 0,
+            _ = async {
+                match ends.get(1) {
+                    Some(e) => e.0.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => 1,
+        };
+        let (rx, path, stream, liner, splitter) = &mut ends[ready];
+        let closed = match rx.try_read(&mut buf) {
+            Ok(0) => true,
             Ok(n) => {
-                let out = liner.stamp(&buf[..n], &now_stamp());
+                let data = buf[..n].to_vec();
+                let out = liner.stamp(&data, &now_stamp());
                 let l = log.clone();
-                let res = tokio::task::spawn_blocking(move || l.append(&out)).await;
+                let mut lines = Vec::new();
+                if fwd.as_ref().is_some_and(|f| f.fwd.is_on()) {
+                    splitter.feed(&data, |line| lines.push(line.to_vec()));
+                }
+                let (f, st) = (fwd.clone(), *stream);
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = l.append(&out);
+                    if let Some(f) = f {
+                        for line in lines {
+                            f.fwd.line(&f.app, st, &line);
+                        }
+                    }
+                    r
+                })
+                .await;
                 if let Ok(Err(e)) = res {
                     tracing::warn!("writing {}: {e}", log.path().display());
                 }
+                false
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => {
-                tracing::warn!("reading log pipe {}: {e}", fifo.display());
-                return;
+                tracing::warn!("reading log pipe {}: {e}", path.display());
+                true
             }
+        };
+        if closed {
+            if let Some(f) = &fwd {
+                let mut rest = Vec::new();
+                splitter.finish(|l| rest.push(l.to_vec()));
+                let (f, st) = (f.clone(), *stream);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for line in rest {
+                        f.fwd.line(&f.app, st, &line);
+                    }
+                })
+                .await;
+            }
+            ends.swap_remove(ready);
         }
     }
 }
