@@ -202,7 +202,11 @@ async fn lines_reach_rsyslog_over_tcp_and_tls_and_survive_an_outage() {
         l[0]
     );
     assert!(l[1].contains("stream=\"stderr\""), "{}", l[1]);
-    assert!(l[1].ends_with("|an error \u{fffd} line"), "byte for byte: {}", l[1]);
+    assert!(
+        l[1].ends_with("|an error \u{fffd} line"),
+        "byte for byte: {}",
+        l[1]
+    );
 
     // rsyslog away for 30 s while 1,000 numbered lines are written.
     rs.stop();
