@@ -23,6 +23,7 @@ struct Rsyslog {
     child: Option<Child>,
     tcp: u16,
     tls: u16,
+    udp: u16,
 }
 
 impl Rsyslog {
@@ -40,6 +41,11 @@ impl Rsyslog {
         std::fs::write(dir.join("key.pem"), &server.key_pem).unwrap();
         std::fs::create_dir_all(dir.join("work")).unwrap();
         let (tcp, tls) = (free_port(), free_port());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let d = dir.display();
         let conf = format!(
             r#"global(workDirectory="{d}/work"
@@ -47,6 +53,8 @@ impl Rsyslog {
        defaultNetstreamDriverCertFile="{d}/cert.pem"
        defaultNetstreamDriverKeyFile="{d}/key.pem")
 module(load="imtcp" maxSessions="20")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="r")
 input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="r")
 input(type="imtcp" address="127.0.0.1" port="{tls}" ruleset="r"
       streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
@@ -64,6 +72,7 @@ ruleset(name="r") {{
             child: None,
             tcp,
             tls,
+            udp,
         }
     }
 
@@ -305,5 +314,14 @@ async fn lines_reach_rsyslog_over_tcp_and_tls_and_survive_an_outage() {
     let (spooled, sent, _) = fwd.counters();
     assert_eq!(spooled, 1, "{spooled}");
     assert!(sent >= 1, "{sent}");
+
+    // UDP: one message per datagram, without the octet count.
+    cfg_tx
+        .send(config(&format!("udp://127.0.0.1:{}", rs.udp), None))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    write(&fwd, "datagram", vec!["over udp".into(), "second".into()]).await;
+    let l = rs.wait_for("lines over UDP", 60, |l| msgs_of(l, "datagram").len() >= 2);
+    assert_eq!(msgs_of(&l, "datagram"), ["over udp", "second"]);
     drop(cfg_tx);
 }

@@ -485,6 +485,10 @@ async fn sender(fwd: Forwarder, mut config: watch::Receiver<Config>, dir: PathBu
         last_error.clear();
         let end = run(&fwd, &spool, &mut conn, &mut config, &mut last_drop_log).await;
         spool.sync();
+        if let (End::ConfigChanged | End::Closed, Conn::Tls(s)) = (&end, &mut conn) {
+            // A clean end (close_notify) for a collector we leave on purpose.
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+        }
         match end {
             End::ConfigChanged => {}
             End::Closed => return,
