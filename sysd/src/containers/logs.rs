@@ -292,6 +292,64 @@ mod tests {
         assert_eq!(more, b"line 050\n");
     }
 
+    #[tokio::test]
+    async fn pump_keeps_streams_apart_in_the_file_and_the_forwarder() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut pipes = Vec::new();
+        let mut writers = Vec::new();
+        for (name, stream) in [("log.fifo", Stream::Stdout), ("err.fifo", Stream::Stderr)] {
+            let path = d.path().join(name);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .unwrap();
+            writers.push(OpenOptions::new().write(true).open(&path).unwrap());
+            pipes.push(Pipe { file, path, stream });
+        }
+        let cfg = berth_config::parse("[logging]\nforward = \"tcp://127.0.0.1:9\"\n").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(cfg);
+        let fwd = crate::logfwd::Forwarder::new();
+        let spool = d.path().join("spool");
+        fwd.start(rx, spool.clone());
+        let log = LogFile::new(d.path(), "web");
+        writers[0].write_all(b"out one\nout ").unwrap();
+        writers[1].write_all(b"err one\n").unwrap();
+        writers[0].write_all(b"two\nunfinished").unwrap();
+        drop(writers);
+        let f = Forward {
+            fwd: fwd.clone(),
+            app: "web".into(),
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pump_from(pipes, log.clone(), Some(f)),
+        )
+        .await
+        .expect("the pump ends when the writers are gone");
+        let text = String::from_utf8(fs::read(log.path()).unwrap()).unwrap();
+        for l in ["out one", "out two", "err one", "unfinished"] {
+            assert!(text.contains(&format!(" {l}")), "{l} in {text}");
+        }
+        assert_eq!(fwd.counters().0, 4);
+        let seg = fs::read(spool.join(format!("{:020}.seg", 0))).unwrap();
+        let seg = String::from_utf8_lossy(&seg);
+        assert!(
+            seg.contains("stream=\"stderr\"][meta sequenceId=\"") && seg.contains("] err one"),
+            "{seg}"
+        );
+        assert!(
+            seg.contains(" web - - [berth@32473 stream=\"stdout\"]"),
+            "{seg}"
+        );
+        assert!(
+            seg.contains("] out two") && seg.ends_with("] unfinished"),
+            "{seg}"
+        );
+    }
+
     #[test]
     fn read_after_rotation_restarts_at_zero() {
         let d = tempfile::tempdir().unwrap();
