@@ -3,6 +3,7 @@
 #
 #   qemu/run.sh [--arch x86_64|arm64] [--headless] [--state-dir DIR] [--config FILE]
 #               [--registry-port PORT] [--hostfwd HOSTPORT:GUESTPORT] [--disk-size SIZE]
+#               [--guestfwd GUESTPORT:HOSTPORT]
 #               [--mem MiB] [--no-reboot] [--hw virtio|ahci|nvme|usb] [--cidata FILE]
 #               [--direct [--boot-files DIR]] [IMAGE]
 #
@@ -17,6 +18,9 @@
 # --registry-port PORT: the guest reaches 127.0.0.1:PORT on this host as 10.0.2.100:5000.
 # --hostfwd HOSTPORT:GUESTPORT: 127.0.0.1:HOSTPORT on this host reaches the guest's TCP
 #   GUESTPORT (repeatable).
+# --guestfwd GUESTPORT:HOSTPORT: the guest reaches 127.0.0.1:HOSTPORT on this host as
+#   10.0.2.100:GUESTPORT over TCP (repeatable; through socat, so a connection the host
+#   refuses is accepted and closed at once).
 # --disk-size SIZE: virtual size of the overlay (e.g. 16G), to test growing the state.
 # --cidata FILE: attach a small read-only vfat disk labelled CIDATA holding FILE as
 #   berth.toml (the cloud-init NoCloud-style datasource; read at first boot).
@@ -34,7 +38,7 @@
 #   slot switches and updates need the firmware lane (the default).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-arch=x86_64 headless=0 state= config= regport= hostfwd= disksize= mem=1024 noreboot=0 image= hw=virtio cidata= direct=0 bootfiles=
+arch=x86_64 headless=0 state= config= regport= hostfwd= guestfwd= disksize= mem=1024 noreboot=0 image= hw=virtio cidata= direct=0 bootfiles=
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2 ;;
     --registry-port) regport=$2; shift 2 ;;
     --hostfwd) hostfwd="$hostfwd $2"; shift 2 ;;
+    --guestfwd) guestfwd="$guestfwd $2"; shift 2 ;;
     --disk-size) disksize=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --no-reboot) noreboot=1; shift ;;
@@ -50,7 +55,7 @@ while [ $# -gt 0 ]; do
     --cidata) cidata=$2; shift 2 ;;
     --direct) direct=1; shift ;;
     --boot-files) bootfiles=$2; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) image=$1; shift ;;
   esac
@@ -91,7 +96,7 @@ esac
 if [ "$arch" = x86_64 ]; then qemu_pkg=qemu-system-x86 fw_pkg=ovmf; else qemu_pkg=qemu-system-arm fw_pkg=qemu-efi-aarch64; fi
 need=("$qemu:$qemu_pkg" "qemu-img:qemu-utils")
 [ "$direct" = 0 ] && need+=("$code:$fw_pkg" "$vars:$fw_pkg")
-[ -n "$regport" ] && need+=("socat:socat")
+[ -n "$regport$guestfwd" ] && need+=("socat:socat")
 [ -n "$cidata" ] && need+=("mkfs.vfat:dosfstools" "mcopy:mtools")
 export PATH="$PATH:/usr/sbin:/sbin"
 missing=()
@@ -118,6 +123,7 @@ fi
 
 net="user,id=n0,restrict=on"
 [ -n "$regport" ] && net="$net,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:$regport"
+for f in $guestfwd; do net="$net,guestfwd=tcp:10.0.2.100:${f%%:*}-cmd:socat - TCP:127.0.0.1:${f##*:}"; done
 for f in $hostfwd; do net="$net,hostfwd=tcp:127.0.0.1:${f%%:*}-:${f##*:}"; done
 
 args=(

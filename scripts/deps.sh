@@ -46,6 +46,8 @@ NEEDS=(
   "etcd etcd-server"
   "etcdctl etcd-client"
   "protoc protobuf-compiler"
+  "rsyslogd rsyslog"
+  "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so rsyslog-gnutls"
 )
 # The arm64 image: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
 NEEDS_ARM64=(

@@ -25,7 +25,8 @@ mod validate;
 pub use error::{ConfigError, Errors, KeyPath, Seg};
 pub use schema::*;
 pub use types::{
-    valid_registry_host, Cidr, Cpus, Duration, FileMode, ImageRef, PortMapping, Proto, Size,
+    valid_registry_host, Cidr, Cpus, Duration, FileMode, Forward, ForwardProto, ImageRef,
+    PortMapping, Proto, Size,
 };
 pub use validate::{find_cycle, start_order, valid_capability, valid_name, DependencyError};
 

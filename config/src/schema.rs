@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Cidr, Cpus, Duration, FileMode, ImageRef, PortMapping, Size};
+use crate::types::{Cidr, Cpus, Duration, FileMode, Forward, ImageRef, PortMapping, Size};
 
 /// The whole machine config (`berth.toml`, `/var/lib/berth/config.toml`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,9 @@ pub struct Config {
     /// The remote API (osctl over mutual TLS).
     #[serde(skip_serializing_if = "Api::is_default")]
     pub api: Api,
+    /// Log forwarding to a syslog collector.
+    #[serde(skip_serializing_if = "Logging::is_default")]
+    pub logging: Logging,
     /// `[admin]` of older configs: refused with a pointer to `[api]` (it never did anything).
     #[serde(rename = "admin", skip_serializing)]
     removed_admin: RemovedAdmin,
@@ -498,6 +501,43 @@ impl Api {
     pub fn source_allowed(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.allowed_sources.is_empty() || self.allowed_sources.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// `[logging]`: ship every container's output and sysd's own log to a syslog collector
+/// (RFC 5424 messages, RFC 6587 octet-counted framing over TCP or TLS). Off unless
+/// `forward` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// The collector: `tcp://host:port`, `tcp+tls://host:port` or `udp://host:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+    /// The CA certificate(s) (PEM) that sign the collector's certificate (`tcp+tls` only,
+    /// and required there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Largest size of the on-disk spool of lines not yet sent; the oldest are dropped
+    /// beyond it.
+    pub spool_max: Size,
+}
+
+/// Default `[logging] spool_max`: 64 MiB.
+pub const DEFAULT_SPOOL_MAX: Size = Size(64 << 20);
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            forward: None,
+            ca: None,
+            spool_max: DEFAULT_SPOOL_MAX,
+        }
+    }
+}
+
+impl Logging {
+    fn is_default(&self) -> bool {
+        *self == Logging::default()
     }
 }
 

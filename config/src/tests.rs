@@ -726,3 +726,55 @@ fn fleetlock_strategy_and_urls() {
     }
     assert_eq!(Config::default().update.strategy, UpdateStrategy::Immediate);
 }
+
+#[test]
+fn logging_is_off_by_default_and_round_trips() {
+    let c = parse("").unwrap();
+    assert!(c.logging.forward.is_none());
+    assert_eq!(c.logging.spool_max, DEFAULT_SPOOL_MAX);
+    assert!(!c.to_toml().unwrap().contains("[logging]"));
+    let text = format!(
+        "[logging]\nforward = \"tcp+tls://logs.example.com\"\nca = \"\"\"\n{CERT}\"\"\"\nspool_max = \"8M\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let f = c.logging.forward.as_ref().unwrap();
+    assert_eq!((f.host.as_str(), f.port), ("logs.example.com", 6514));
+    assert_eq!(c.logging.spool_max.bytes(), 8 << 20);
+    let shown = c.to_toml().unwrap();
+    assert!(
+        shown.contains("forward = \"tcp+tls://logs.example.com:6514\""),
+        "{shown}"
+    );
+    assert_eq!(parse(&shown).unwrap(), c);
+    parse("[logging]\nforward = \"udp://[fd00::1]\"\n").unwrap();
+}
+
+#[test]
+fn logging_keys_are_checked_and_named() {
+    let e = err(&format!(
+        "[logging]\nforward = \"tcp://logs:514\"\nca = \"\"\"\n{CERT}\"\"\"\n"
+    ));
+    assert!(
+        e.starts_with("line 3: logging.ca: only used with forward = \"tcp+tls://...\""),
+        "{e}"
+    );
+    let e = err("[logging]\nspool_max = \"8M\"\n");
+    assert!(
+        e.starts_with("line 2: logging.spool_max: only used with logging.forward"),
+        "{e}"
+    );
+    let e = err("[logging]\nforward = \"tcp://logs\"\nspool_max = \"100G\"\n");
+    assert!(
+        e.contains("logging.spool_max: the spool must be between 1M and 64G"),
+        "{e}"
+    );
+    let e = err("[logging]\nforward = 514\n");
+    assert!(e.contains("logging.forward"), "{e}");
+    let e = err("[logging]\nforwrad = \"tcp://logs\"\n");
+    assert!(e.contains("forwrad"), "{e}");
+    let e = err("[logging]\nforward = \"tcp+tls://logs\"\nca = \"\"\n");
+    assert!(
+        e.contains("logging.ca: expected a PEM certificate (-----BEGIN ...): empty"),
+        "{e}"
+    );
+}

@@ -604,6 +604,113 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// Transport of `[logging] forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardProto {
+    /// `tcp://`: RFC 6587 octet-counted framing over plain TCP.
+    Tcp,
+    /// `tcp+tls://`: the same over TLS (RFC 5425).
+    Tls,
+    /// `udp://`: one message per datagram (RFC 5426); no delivery guarantee.
+    Udp,
+}
+
+impl ForwardProto {
+    /// The URL scheme.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ForwardProto::Tcp => "tcp",
+            ForwardProto::Tls => "tcp+tls",
+            ForwardProto::Udp => "udp",
+        }
+    }
+
+    /// The port used when the URL names none (514 for syslog over TCP/UDP, 6514 over TLS).
+    pub fn default_port(self) -> u16 {
+        match self {
+            ForwardProto::Tls => 6514,
+            _ => 514,
+        }
+    }
+}
+
+/// Where `[logging] forward` sends: `tcp://host[:port]`, `tcp+tls://host[:port]` or
+/// `udp://host[:port]`; the host a DNS name, an IPv4 address or a bracketed IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Transport.
+    pub proto: ForwardProto,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl FromStr for Forward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid forward address {:?}: {why} (expected tcp://, tcp+tls:// or udp:// and host[:port], e.g. \"tcp+tls://logs.example.com:6514\")",
+                s.chars().take(80).collect::<String>()
+            )
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let proto = match scheme {
+            "tcp" => ForwardProto::Tcp,
+            "tcp+tls" => ForwardProto::Tls,
+            "udp" => ForwardProto::Udp,
+            _ => return Err(bad("unknown scheme")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("only host and port are allowed"));
+        }
+        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+            let (h, tail) = r.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address in brackets"));
+            }
+            let port = match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+            };
+            (h, port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            None => proto.default_port(),
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(bad("the port must be 1-65535")),
+            },
+        };
+        let ip_ok = host.parse::<IpAddr>().is_ok();
+        if !ip_ok && !crate::render::valid_domain(host) {
+            return Err(bad("not a host name or IP address"));
+        }
+        Ok(Forward {
+            proto,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.proto.scheme(), self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.proto.scheme(), self.host, self.port)
+        }
+    }
+}
+
 /// Serde for types written as strings (and, for some, numbers).
 macro_rules! string_serde {
     ($t:ty, $what:expr, $num:expr) => {
@@ -647,6 +754,13 @@ string_serde!(Size, "a size such as \"256M\"", |v| u64::try_from(v)
 string_serde!(Duration, "a duration such as \"30s\"", |v| u64::try_from(v)
     .map(Duration::secs)
     .map_err(|_| format!("invalid duration {v} (must not be negative)")));
+string_serde!(
+    Forward,
+    "an address such as \"tcp+tls://logs.example.com:6514\"",
+    |v| Err(format!(
+        "invalid forward address {v} (expected a string such as \"tcp://logs:514\")"
+    ))
+);
 string_serde!(Cidr, "a CIDR such as \"192.168.1.10/24\"", |v| Err(
     format!("invalid CIDR {v} (expected a string such as \"192.168.1.10/24\")")
 ));
@@ -714,6 +828,46 @@ impl<'de> Deserialize<'de> for Cpus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_addresses() {
+        let f: Forward = "tcp+tls://logs.example.com:6514".parse().unwrap();
+        assert_eq!(
+            (f.proto, f.host.as_str(), f.port),
+            (ForwardProto::Tls, "logs.example.com", 6514)
+        );
+        let f: Forward = "tcp://10.0.0.5".parse().unwrap();
+        assert_eq!((f.proto, f.port), (ForwardProto::Tcp, 514));
+        assert_eq!(f.to_string(), "tcp://10.0.0.5:514");
+        let f: Forward = "udp://[fd00::1]:5514".parse().unwrap();
+        assert_eq!(
+            (f.proto, f.host.as_str(), f.port),
+            (ForwardProto::Udp, "fd00::1", 5514)
+        );
+        assert_eq!(f.to_string(), "udp://[fd00::1]:5514");
+        assert_eq!(f.to_string().parse::<Forward>().unwrap(), f);
+        assert_eq!("tcp+tls://c/".parse::<Forward>().unwrap().port, 6514);
+        for (bad, why) in [
+            ("logs:514", "no scheme"),
+            ("http://logs", "unknown scheme"),
+            ("tcp://logs:0", "port must be"),
+            ("tcp://logs:65536", "port must be"),
+            ("tcp://logs:+5", "port must be"),
+            ("tcp://logs:", "port must be"),
+            ("tcp://", "not a host name"),
+            ("tcp://lo gs:1", "not a host name"),
+            ("tcp://-x:1", "not a host name"),
+            ("tcp://u@logs:1", "only host and port"),
+            ("tcp://logs:1/path", "only host and port"),
+            ("tcp://[fd00::1", "unclosed"),
+            ("tcp://[logs]:1", "not an IPv6"),
+            ("tcp://[fd00::1]x", "junk after"),
+            ("tcp://fd00::1", "not a host name"),
+        ] {
+            let e = bad.parse::<Forward>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -149,6 +149,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
     published_twice(&entries, cx);
     update(c, cx);
     api(c, cx);
+    logging(c, cx);
 }
 
 fn network(c: &Config, cx: &mut Ctx<'_>) {
@@ -679,6 +680,47 @@ fn api(c: &Config, cx: &mut Ctx<'_>) {
             ap.key("cert_ttl"),
             "the node certificate lifetime must be between 1 hour and 10 years",
         );
+    }
+}
+
+/// Smallest and largest `[logging] spool_max`.
+const SPOOL_MIN: u64 = 1 << 20;
+const SPOOL_MAX: u64 = 64 << 30;
+
+fn logging(c: &Config, cx: &mut Ctx<'_>) {
+    let lp = KeyPath::root().key("logging");
+    let l = &c.logging;
+    let tls = l
+        .forward
+        .as_ref()
+        .is_some_and(|f| f.proto == crate::types::ForwardProto::Tls);
+    match &l.ca {
+        Some(_) if !tls => cx.err(
+            lp.key("ca"),
+            "only used with forward = \"tcp+tls://...\" (remove it, or forward over TLS)",
+        ),
+        Some(ca) => {
+            if let Err(why) = pem(ca, |l| l == "CERTIFICATE") {
+                cx.err(
+                    lp.key("ca"),
+                    format!("expected a PEM certificate (-----BEGIN ...): {why}"),
+                );
+            }
+        }
+        None if tls => cx.err(
+            lp.key("forward"),
+            "tcp+tls needs logging.ca (the CA certificate that signs the collector's certificate, PEM)",
+        ),
+        None => {}
+    }
+    let max = l.spool_max.bytes();
+    if l.forward.is_none() && l.spool_max != crate::schema::DEFAULT_SPOOL_MAX {
+        cx.err(
+            lp.key("spool_max"),
+            "only used with logging.forward (nothing is spooled without a collector)",
+        );
+    } else if !(SPOOL_MIN..=SPOOL_MAX).contains(&max) {
+        cx.err(lp.key("spool_max"), "the spool must be between 1M and 64G");
     }
 }
 

@@ -208,6 +208,18 @@ pub fn client_config(
     Ok(Arc::new(cfg))
 }
 
+/// Client side for a server that only proves itself (a syslog collector): no client
+/// certificate, the server's certificate must chain to `ca_pem` and name the host connected
+/// to; the protocol versions are rustls's safe defaults.
+pub fn server_auth_client_config(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 /// The server name to give `TlsConnector::connect` for `host` (a DNS name or an IP
 /// address, without port or brackets).
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {

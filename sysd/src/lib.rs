@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bridge;
 pub mod containers;
 pub mod exec;
+pub mod logfwd;
 pub mod node;
 pub mod remote;
 pub mod status;

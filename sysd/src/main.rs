@@ -14,11 +14,23 @@ fn main() -> std::process::ExitCode {
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
-    tracing_subscriber::fmt()
-        .with_target(false)
-        .without_time()
-        .with_ansi(false)
-        .init();
+    // sysd's log goes to its stdout (PID 1 keeps it) and, once [logging] forward is set,
+    // to the collector.
+    let fwd = berth_sysd::logfwd::Forwarder::new();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .without_time()
+                    .with_ansi(false),
+            )
+            .with(fwd.layer())
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .init();
+    }
     let start: u32 = std::env::var("BERTH_SYSD_START")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -33,7 +45,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let res = rt.block_on(run(start, ready));
+    let res = rt.block_on(run(start, ready, fwd));
     // Threads still waiting on container processes must not hold up the exit (dropping
     // the runtime would wait for them).
     rt.shutdown_background();
@@ -46,7 +58,11 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<()> {
+async fn run(
+    start: u32,
+    ready: Option<berth_sysd::ReadyFd>,
+    fwd: berth_sysd::logfwd::Forwarder,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let (config, config_problem) = berth_sysd::node::load_config(Path::new("/var"));
@@ -71,6 +87,11 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
     let node =
         berth_sysd::node::Node::new(config.clone(), containers.clone(), boot_info.boot_count);
     node.start_network();
+    // Before any container starts, so every line of theirs is forwarded.
+    fwd.start(node.watch_config(), berth_sysd::logfwd::SPOOL_DIR.into());
+    if let Some(m) = &containers {
+        m.set_forwarder(fwd.clone());
+    }
     berth_sysd::update::reset_esp();
     let updates = berth_sysd::update::NodeUpdates::new();
     let socket = Path::new(berth_api::SOCKET_PATH);
@@ -173,5 +194,6 @@ async fn run(start: u32, ready: Option<berth_sysd::ReadyFd>) -> anyhow::Result<(
         m.shutdown(std::time::Duration::from_secs(16)).await;
     }
     tracing::info!("sysd stopped");
+    fwd.sync();
     Ok(())
 }

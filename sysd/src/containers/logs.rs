@@ -11,6 +11,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::logfwd::format::{LineSplitter, Stream};
+
 /// Largest size of one log file before it is rotated.
 pub const MAX_BYTES: u64 = 1 << 20;
 /// Rotated files kept (`NAME.log.1` .. `NAME.log.N`).
@@ -162,37 +164,95 @@ pub fn now_stamp() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Copies everything from the FIFO `fifo` (opened for reading, non-blocking, as `file`)
-/// into `log` until every writer is gone.
-pub async fn pump_from(file: std::fs::File, fifo: PathBuf, log: LogFile) {
-    let rx = match tokio::net::unix::pipe::Receiver::from_file(file) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("cannot watch log pipe {}: {e}", fifo.display());
-            return;
+/// Where a pump sends lines besides the log file: the forwarder and the container's name.
+#[derive(Clone)]
+pub struct Forward {
+    pub fwd: crate::logfwd::Forwarder,
+    pub app: String,
+}
+
+/// One output FIFO of a container: stdout's, or stderr's when it has its own.
+pub struct Pipe {
+    /// The FIFO, opened for reading, non-blocking.
+    pub file: std::fs::File,
+    pub path: PathBuf,
+    pub stream: Stream,
+}
+
+/// Copies everything from the container's output FIFOs into `log` (and to the forwarder)
+/// until every writer of every FIFO is gone.
+pub async fn pump_from(pipes: Vec<Pipe>, log: LogFile, fwd: Option<Forward>) {
+    let mut ends = Vec::new();
+    for p in pipes {
+        match tokio::net::unix::pipe::Receiver::from_file(p.file) {
+            Ok(r) => ends.push((
+                r,
+                p.path,
+                p.stream,
+                Liner::default(),
+                LineSplitter::default(),
+            )),
+            Err(e) => tracing::warn!("cannot watch log pipe {}: {e}", p.path.display()),
         }
-    };
-    let mut liner = Liner::default();
+    }
     let mut buf = vec![0u8; 64 << 10];
-    loop {
-        if rx.readable().await.is_err() {
-            return;
-        }
-        match rx.try_read(&mut buf) {
-            Ok(0) => return,
+    while !ends.is_empty() {
+        // The first FIFO with data (or whose writers are gone).
+        let ready = tokio::select! {
+            _ = ends[0].0.readable() => 0,
+            _ = async {
+                match ends.get(1) {
+                    Some(e) => e.0.readable().await,
+                    None => std::future::pending().await,
+                }
+            } => 1,
+        };
+        let (rx, path, stream, liner, splitter) = &mut ends[ready];
+        let closed = match rx.try_read(&mut buf) {
+            Ok(0) => true,
             Ok(n) => {
-                let out = liner.stamp(&buf[..n], &now_stamp());
+                let data = buf[..n].to_vec();
+                let out = liner.stamp(&data, &now_stamp());
                 let l = log.clone();
-                let res = tokio::task::spawn_blocking(move || l.append(&out)).await;
+                let mut lines = Vec::new();
+                if fwd.as_ref().is_some_and(|f| f.fwd.is_on()) {
+                    splitter.feed(&data, |line| lines.push(line.to_vec()));
+                }
+                let (f, st) = (fwd.clone(), *stream);
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = l.append(&out);
+                    if let Some(f) = f {
+                        for line in lines {
+                            f.fwd.line(&f.app, st, &line);
+                        }
+                    }
+                    r
+                })
+                .await;
                 if let Ok(Err(e)) = res {
                     tracing::warn!("writing {}: {e}", log.path().display());
                 }
+                false
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
             Err(e) => {
-                tracing::warn!("reading log pipe {}: {e}", fifo.display());
-                return;
+                tracing::warn!("reading log pipe {}: {e}", path.display());
+                true
             }
+        };
+        if closed {
+            if let Some(f) = &fwd {
+                let mut rest = Vec::new();
+                splitter.finish(|l| rest.push(l.to_vec()));
+                let (f, st) = (f.clone(), *stream);
+                let _ = tokio::task::spawn_blocking(move || {
+                    for line in rest {
+                        f.fwd.line(&f.app, st, &line);
+                    }
+                })
+                .await;
+            }
+            ends.swap_remove(ready);
         }
     }
 }
@@ -230,6 +290,64 @@ mod tests {
         log.append(b"line 050\n").unwrap();
         let (more, _) = log.read_from(end).unwrap();
         assert_eq!(more, b"line 050\n");
+    }
+
+    #[tokio::test]
+    async fn pump_keeps_streams_apart_in_the_file_and_the_forwarder() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mut pipes = Vec::new();
+        let mut writers = Vec::new();
+        for (name, stream) in [("log.fifo", Stream::Stdout), ("err.fifo", Stream::Stderr)] {
+            let path = d.path().join(name);
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .unwrap();
+            writers.push(OpenOptions::new().write(true).open(&path).unwrap());
+            pipes.push(Pipe { file, path, stream });
+        }
+        let cfg = berth_config::parse("[logging]\nforward = \"tcp://127.0.0.1:9\"\n").unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(cfg);
+        let fwd = crate::logfwd::Forwarder::new();
+        let spool = d.path().join("spool");
+        fwd.start(rx, spool.clone());
+        let log = LogFile::new(d.path(), "web");
+        writers[0].write_all(b"out one\nout ").unwrap();
+        writers[1].write_all(b"err one\n").unwrap();
+        writers[0].write_all(b"two\nunfinished").unwrap();
+        drop(writers);
+        let f = Forward {
+            fwd: fwd.clone(),
+            app: "web".into(),
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pump_from(pipes, log.clone(), Some(f)),
+        )
+        .await
+        .expect("the pump ends when the writers are gone");
+        let text = String::from_utf8(fs::read(log.path()).unwrap()).unwrap();
+        for l in ["out one", "out two", "err one", "unfinished"] {
+            assert!(text.contains(&format!(" {l}")), "{l} in {text}");
+        }
+        assert_eq!(fwd.counters().0, 4);
+        let seg = fs::read(spool.join(format!("{:020}.seg", 0))).unwrap();
+        let seg = String::from_utf8_lossy(&seg);
+        assert!(
+            seg.contains("stream=\"stderr\"][meta sequenceId=\"") && seg.contains("] err one"),
+            "{seg}"
+        );
+        assert!(
+            seg.contains(" web - - [berth@32473 stream=\"stdout\"]"),
+            "{seg}"
+        );
+        assert!(
+            seg.contains("] out two") && seg.ends_with("] unfinished"),
+            "{seg}"
+        );
     }
 
     #[test]

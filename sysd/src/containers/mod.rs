@@ -24,6 +24,8 @@ use berth_api::{ContainerInfo, ContainerStats, ExecReply, ImageInfo, RunRequest}
 use berth_config::{ContainerSpec, ImageRef, NetworkMode, RestartPolicy};
 use berth_registry::{Client, Platform, Reference, Store};
 use berth_runtime::{CreateOptions, ExecOptions, Runtime, Stdio3};
+
+use crate::logfwd::format::Stream;
 use health::Health;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -165,6 +167,8 @@ struct Shared {
     bridge: tokio::sync::OnceCell<Arc<network::Bridge>>,
     /// `[network.bridge] subnet` as sysd started (a change takes a restart).
     bridge_subnet: Mutex<berth_config::Cidr>,
+    /// Log forwarding, when sysd set it up ([`Manager::set_forwarder`]).
+    fwd: std::sync::OnceLock<crate::logfwd::Forwarder>,
 }
 
 /// The container manager; cheap to clone.
@@ -397,8 +401,15 @@ impl Manager {
                 userns: Mutex::new(ids),
                 bridge: tokio::sync::OnceCell::new(),
                 bridge_subnet: Mutex::new(berth_config::WorkloadBridge::default().subnet),
+                fwd: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Forward every container's output through `fwd` from now on (containers started or
+    /// adopted after this call).
+    pub fn set_forwarder(&self, fwd: crate::logfwd::Forwarder) {
+        let _ = self.sh.fwd.set(fwd);
     }
 
     fn client(&self) -> Client {
@@ -645,13 +656,24 @@ impl Manager {
         if st.status != berth_runtime::Status::Running || st.pid <= 0 {
             return None;
         }
-        let fifo = self.sh.paths.run_dir.join(name).join("log.fifo");
+        let run = self.sh.paths.run_dir.join(name);
         let log = logs::LogFile::new(&self.sh.paths.logs, name);
-        match open_reader(&fifo) {
-            Ok(rx) => {
-                tokio::spawn(logs::pump_from(rx, fifo, log));
+        let mut pipes = Vec::new();
+        // err.fifo: containers started before stderr had its own FIFO have none.
+        for (file, stream) in [("log.fifo", Stream::Stdout), ("err.fifo", Stream::Stderr)] {
+            let path = run.join(file);
+            match open_reader(&path) {
+                Ok(f) => pipes.push(logs::Pipe {
+                    file: f,
+                    path,
+                    stream,
+                }),
+                Err(e) if stream == Stream::Stderr && e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(container = name, "cannot re-attach the log: {e}"),
             }
-            Err(e) => tracing::warn!(container = name, "cannot re-attach the log: {e}"),
+        }
+        if !pipes.is_empty() {
+            tokio::spawn(logs::pump_from(pipes, log, forward_of(&self.sh, name)));
         }
         tracing::info!(container = name, pid = st.pid, "adopted running container");
         Some(st.pid)
@@ -1767,7 +1789,7 @@ async fn start_container(sh: &Arc<Shared>, spec: &ContainerSpec) -> Result<i32, 
     let sh2 = sh.clone();
     let spec2 = spec.clone();
     let kind = lock(sh).get(&name).map(|e| e.kind).unwrap_or(Kind::Config);
-    let (pid, reader, fifo) = tokio::task::spawn_blocking(move || {
+    let (pid, pipes) = tokio::task::spawn_blocking(move || {
         create_container(&sh2, &spec2, kind, &image, net_files.as_ref())
     })
     .await
@@ -1799,7 +1821,7 @@ async fn start_container(sh: &Arc<Shared>, spec: &ContainerSpec) -> Result<i32, 
         return Err(format!("start: {}", error_chain(&e)));
     }
     let log = logs::LogFile::new(&sh.paths.logs, &name);
-    tokio::spawn(logs::pump_from(reader, fifo, log));
+    tokio::spawn(logs::pump_from(pipes, log, forward_of(sh, &name)));
     Ok(pid)
 }
 
@@ -1847,7 +1869,7 @@ fn create_container(
     kind: Kind,
     image: &berth_registry::Image,
     net_files: Option<&(PathBuf, PathBuf)>,
-) -> Result<(i32, fs::File, PathBuf), String> {
+) -> Result<(i32, Vec<logs::Pipe>), String> {
     let name = &spec.name;
     let io = |what: &str, p: &Path, e: io::Error| format!("{what} {}: {e}", p.display());
     let dir = sh.paths.containers.join(name);
@@ -1925,27 +1947,40 @@ fn create_container(
     let json = serde_json::to_vec_pretty(&oci).map_err(|e| e.to_string())?;
     fs::write(&cfg, json).map_err(|e| io("cannot write", &cfg, e))?;
 
-    // Output: a FIFO the container holds read-write (see `logs`).
+    // Output: one FIFO for stdout and one for stderr, each held read-write by the
+    // container (see `logs`).
     let run = sh.paths.run_dir.join(name);
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).map_err(|e| io("cannot create", &run, e))?;
-    let fifo = run.join("log.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
-    let rw = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&fifo)
-        .map_err(|e| io("cannot open", &fifo, e))?;
-    let reader = open_reader(&fifo).map_err(|e| io("cannot open", &fifo, e))?;
-    let rw: OwnedFd = rw.into();
+    let mut pipes = Vec::new();
+    let mut ends = Vec::new();
+    for (file, stream) in [("log.fifo", Stream::Stdout), ("err.fifo", Stream::Stderr)] {
+        let fifo = run.join(file);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
+        let rw = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&fifo)
+            .map_err(|e| io("cannot open", &fifo, e))?;
+        let reader = open_reader(&fifo).map_err(|e| io("cannot open", &fifo, e))?;
+        ends.push(OwnedFd::from(rw));
+        pipes.push(logs::Pipe {
+            file: reader,
+            path: fifo,
+            stream,
+        });
+    }
+    let (Some(stderr), Some(stdout)) = (ends.pop(), ends.pop()) else {
+        return Err("no output FIFOs".into());
+    };
     let stdio = Stdio3 {
         stdin: fs::File::open("/dev/null")
             .map_err(|e| io("cannot open", Path::new("/dev/null"), e))?
             .into(),
-        stdout: rw.try_clone().map_err(|e| io("dup", &fifo, e))?,
-        stderr: rw,
+        stdout,
+        stderr,
     };
     let opts = CreateOptions {
         cgroup_parent: Some(kind.cgroup_parent().into()),
@@ -1957,7 +1992,15 @@ fn create_container(
         .rt
         .create(name, &dir, opts)
         .map_err(|e| format!("create: {}", error_chain(&e)))?;
-    Ok((st.pid, reader, fifo))
+    Ok((st.pid, pipes))
+}
+
+/// Where a container's pump forwards lines, when forwarding is set up.
+fn forward_of(sh: &Shared, name: &str) -> Option<logs::Forward> {
+    sh.fwd.get().map(|f| logs::Forward {
+        fwd: f.clone(),
+        app: name.to_string(),
+    })
 }
 
 /// overlayfs `lowerdir=` (top first), `upperdir=`, `workdir=` options.
