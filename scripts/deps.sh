@@ -43,6 +43,8 @@ NEEDS=(
   "crun crun"
   "script bsdutils"
   "pkill procps"
+  "promtool prometheus"
+  "prometheus prometheus"
 )
 # The arm64 image: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
 NEEDS_ARM64=(

@@ -149,6 +149,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
     published_twice(&entries, cx);
     update(c, cx);
     api(c, cx);
+    metrics(c, cx);
 }
 
 fn network(c: &Config, cx: &mut Ctx<'_>) {
@@ -585,6 +586,42 @@ fn api(c: &Config, cx: &mut Ctx<'_>) {
         cx.err(
             ap.key("cert_ttl"),
             "the node certificate lifetime must be between 1 hour and 10 years",
+        );
+    }
+}
+
+fn metrics(c: &Config, cx: &mut Ctx<'_>) {
+    let mp = KeyPath::root().key("metrics");
+    let m = &c.metrics;
+    let Some(listen) = m.listen else {
+        if m.tls {
+            cx.err(
+                mp.key("tls"),
+                "needs metrics.listen (the address of the metrics endpoint): without it metrics are off",
+            );
+        }
+        return;
+    };
+    if listen.port() == 0 {
+        cx.err(mp.key("listen"), "the port must not be 0");
+    }
+    let a = &c.api;
+    let overlap = listen.ip() == a.listen.ip()
+        || listen.ip().is_unspecified()
+        || a.listen.ip().is_unspecified();
+    if a.enabled() && listen.port() == a.listen.port() && overlap {
+        cx.err(
+            mp.key("listen"),
+            format!(
+                "{listen} is taken by the remote API (api.listen = \"{}\"): choose another port, e.g. 9101",
+                a.listen
+            ),
+        );
+    }
+    if m.tls && !a.enabled() {
+        cx.err(
+            mp.key("tls"),
+            "needs api.ca: metrics over TLS use the remote API's CA and node certificate",
         );
     }
 }
