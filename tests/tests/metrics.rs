@@ -9,12 +9,15 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// One HTTP/1.1 request over a fresh connection: (status code, headers, body).
 fn http(port: u16, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // Prometheus may not listen yet: no answer (code 0), and the caller tries again.
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     // The server may close early (an oversized head): what it answered still counts.
     let _ = s.write_all(request.as_bytes());
