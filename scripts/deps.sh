@@ -48,6 +48,8 @@ NEEDS=(
   "protoc protobuf-compiler"
   "rsyslogd rsyslog"
   "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so rsyslog-gnutls"
+  "promtool prometheus"
+  "prometheus prometheus"
 )
 # The arm64 image: Debian's cross toolchain and arm64 std, QEMU for aarch64 with AAVMF.
 NEEDS_ARM64=(

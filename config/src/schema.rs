@@ -34,6 +34,9 @@ pub struct Config {
     /// Log forwarding to a syslog collector.
     #[serde(skip_serializing_if = "Logging::is_default")]
     pub logging: Logging,
+    /// Prometheus metrics of the node and its containers.
+    #[serde(skip_serializing_if = "Metrics::is_default")]
+    pub metrics: Metrics,
     /// `[admin]` of older configs: refused with a pointer to `[api]` (it never did anything).
     #[serde(rename = "admin", skip_serializing)]
     removed_admin: RemovedAdmin,
@@ -478,6 +481,39 @@ impl Default for Api {
             revoked_serials: Vec::new(),
             cert_ttl: DEFAULT_API_CERT_TTL,
         }
+    }
+}
+
+/// `[metrics]`: sysd serves Prometheus metrics of the node and its containers at
+/// `/metrics` over HTTP. Off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Address and port to listen on (`"0.0.0.0:9101"`). None: no metrics endpoint.
+    #[serde(
+        deserialize_with = "some_socket_addr",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Serve over mutual TLS like the remote API: the node certificate of `[api]`, and a
+    /// client certificate signed by `[api] ca` with any role (`reader` is enough).
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn some_socket_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}
+
+impl Metrics {
+    fn is_default(&self) -> bool {
+        *self == Metrics::default()
     }
 }
 

@@ -778,3 +778,68 @@ fn logging_keys_are_checked_and_named() {
         "{e}"
     );
 }
+
+#[test]
+fn metrics_are_off_by_default_and_round_trip() {
+    let c = parse("").unwrap();
+    assert_eq!(c.metrics.listen, None);
+    assert!(!c.metrics.tls);
+    assert!(!c.to_toml().unwrap().contains("[metrics]"));
+    let c = parse("[metrics]\nlisten = \"0.0.0.0:9101\"\n").unwrap();
+    assert_eq!(c.metrics.listen.unwrap().to_string(), "0.0.0.0:9101");
+    let text = c.to_toml().unwrap();
+    assert!(
+        text.contains("[metrics]") && !text.contains("tls"),
+        "{text}"
+    );
+    assert_eq!(parse(&text).unwrap(), c);
+    let c = parse(&format!(
+        "{}\n[metrics]\nlisten = \"[::]:9101\"\ntls = true\n",
+        with_api("")
+    ))
+    .unwrap();
+    assert!(c.metrics.tls);
+    assert_eq!(parse(&c.to_toml().unwrap()).unwrap(), c);
+}
+
+#[test]
+fn metrics_keys_are_checked_and_named() {
+    let e = err("[metrics]\nlisten = \"9101\"\n");
+    assert!(
+        e.starts_with("line 2: metrics.listen: invalid address \"9101\""),
+        "{e}"
+    );
+    let e = err("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    assert!(
+        e.contains("line 2: metrics.listen: the port must not be 0"),
+        "{e}"
+    );
+    let e = err("[metrics]\nlisten = \"0.0.0.0:9101\"\ntls = \"yes\"\n");
+    assert!(e.contains("metrics.tls"), "{e}");
+    let e = err("[metrics]\nlisten = \"0.0.0.0:9101\"\nport = 9101\n");
+    assert!(e.contains("port"), "{e}");
+    // TLS needs the remote API's CA, and an address.
+    let e = err("[metrics]\nlisten = \"0.0.0.0:9101\"\ntls = true\n");
+    assert!(
+        e.contains("line 3: metrics.tls: needs api.ca: metrics over TLS use the remote API's CA"),
+        "{e}"
+    );
+    let e = err(&format!("{}\n[metrics]\ntls = true\n", with_api("")));
+    assert!(e.contains("metrics.tls: needs metrics.listen"), "{e}");
+    // Not on the remote API's port.
+    let e = err(&format!(
+        "{}\n[metrics]\nlisten = \"10.0.0.5:7443\"\n",
+        with_api("")
+    ));
+    assert!(
+        e.contains("metrics.listen: 10.0.0.5:7443 is taken by the remote API (api.listen = \"0.0.0.0:7443\")"),
+        "{e}"
+    );
+    // Same port on another address of the node is fine, and without [api] at all.
+    parse(&format!(
+        "{}listen = \"127.0.0.1:7443\"\n[metrics]\nlisten = \"10.0.0.5:7443\"\n",
+        with_api("")
+    ))
+    .unwrap();
+    parse("[metrics]\nlisten = \"0.0.0.0:7443\"\n").unwrap();
+}

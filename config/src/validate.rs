@@ -150,6 +150,7 @@ pub(crate) fn config(c: &Config, cx: &mut Ctx<'_>) {
     update(c, cx);
     api(c, cx);
     logging(c, cx);
+    metrics(c, cx);
 }
 
 fn network(c: &Config, cx: &mut Ctx<'_>) {
@@ -721,6 +722,42 @@ fn logging(c: &Config, cx: &mut Ctx<'_>) {
         );
     } else if !(SPOOL_MIN..=SPOOL_MAX).contains(&max) {
         cx.err(lp.key("spool_max"), "the spool must be between 1M and 64G");
+    }
+}
+
+fn metrics(c: &Config, cx: &mut Ctx<'_>) {
+    let mp = KeyPath::root().key("metrics");
+    let m = &c.metrics;
+    let Some(listen) = m.listen else {
+        if m.tls {
+            cx.err(
+                mp.key("tls"),
+                "needs metrics.listen (the address of the metrics endpoint): without it metrics are off",
+            );
+        }
+        return;
+    };
+    if listen.port() == 0 {
+        cx.err(mp.key("listen"), "the port must not be 0");
+    }
+    let a = &c.api;
+    let overlap = listen.ip() == a.listen.ip()
+        || listen.ip().is_unspecified()
+        || a.listen.ip().is_unspecified();
+    if a.enabled() && listen.port() == a.listen.port() && overlap {
+        cx.err(
+            mp.key("listen"),
+            format!(
+                "{listen} is taken by the remote API (api.listen = \"{}\"): choose another port, e.g. 9101",
+                a.listen
+            ),
+        );
+    }
+    if m.tls && !a.enabled() {
+        cx.err(
+            mp.key("tls"),
+            "needs api.ca: metrics over TLS use the remote API's CA and node certificate",
+        );
     }
 }
 

@@ -199,6 +199,31 @@ pub struct Stats {
     pub cpu_throttled_usec: Option<u64>,
     pub pids_current: Option<u64>,
     pub pids_max: Option<u64>,
+    /// Bytes read and written, summed over the devices of `io.stat`.
+    #[serde(default)]
+    pub io_read_bytes: Option<u64>,
+    #[serde(default)]
+    pub io_write_bytes: Option<u64>,
+}
+
+/// Sum of the `key=value` fields named `key` over the device lines of an `io.stat`
+/// (`8:0 rbytes=1 wbytes=2 rios=3 ...`). None when no line has it; malformed fields are
+/// skipped, and the sum saturates instead of overflowing.
+pub fn io_stat_sum(text: &str, key: &str) -> Option<u64> {
+    let mut sum = None;
+    for line in text.lines() {
+        for field in line.split_whitespace().skip(1) {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            if k == key {
+                if let Ok(n) = v.parse::<u64>() {
+                    sum = Some(sum.unwrap_or(0u64).saturating_add(n));
+                }
+            }
+        }
+    }
+    sum
 }
 
 /// Finds the cgroup2 mount of this machine: `/sys/fs/cgroup` on a pure v2
@@ -353,6 +378,8 @@ impl Cgroup {
             cpu_throttled_usec: kv("cpu.stat", "throttled_usec"),
             pids_current: num("pids.current"),
             pids_max: num("pids.max"),
+            io_read_bytes: read("io.stat").and_then(|t| io_stat_sum(&t, "rbytes")),
+            io_write_bytes: read("io.stat").and_then(|t| io_stat_sum(&t, "wbytes")),
         }
     }
 
@@ -573,6 +600,28 @@ mod tests {
         assert_eq!(s.cpu_throttled_usec, Some(77));
         assert_eq!(s.pids_current, Some(3));
         assert_eq!(s.pids_max, Some(10));
+        // No io.stat (the io controller is off): unknown, not 0.
+        assert_eq!(s.io_read_bytes, None);
+        fs::write(
+            dir.join("io.stat"),
+            "254:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n\
+             254:16 rbytes=100 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+        )
+        .unwrap();
+        let s = Cgroup::new(root.path(), "s").unwrap().stats();
+        assert_eq!((s.io_read_bytes, s.io_write_bytes), (Some(4196), Some(512)));
+    }
+
+    #[test]
+    fn io_stat_of_a_hostile_or_odd_file() {
+        assert_eq!(io_stat_sum("", "rbytes"), None);
+        assert_eq!(io_stat_sum("8:0 rios=3\n", "rbytes"), None);
+        // Garbage fields and values are skipped; the device field is never a key.
+        let t = "rbytes=5 rbytes=7\nx rbytes=-1 rbytes=abc rbytes rbytes==3 wbytes=2\n";
+        assert_eq!(io_stat_sum(t, "rbytes"), Some(7));
+        // Saturates rather than wrapping.
+        let t = format!("8:0 rbytes={m}\n8:1 rbytes={m}\n", m = u64::MAX);
+        assert_eq!(io_stat_sum(&t, "rbytes"), Some(u64::MAX));
     }
 
     #[test]

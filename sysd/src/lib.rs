@@ -5,7 +5,8 @@
 //! integrated runtime ([`containers`]), serves the `org.berth.Manager1` D-Bus API
 //! peer-to-peer on `/run/berth/osctl.sock` ([`api`]), bridges the virtio-serial port
 //! `org.berth.osctl` to that socket so `osctl` on a VM's host can drive the machine
-//! ([`bridge`]), and tells PID 1 when the machine is ready.
+//! ([`bridge`]), serves Prometheus metrics when `[metrics]` asks for them ([`metrics`]),
+//! and tells PID 1 when the machine is ready.
 
 pub mod api;
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod bridge;
 pub mod containers;
 pub mod exec;
 pub mod logfwd;
+pub mod metrics;
 pub mod node;
 pub mod remote;
 pub mod status;

@@ -153,6 +153,17 @@ async fn run(
         audit,
         Default::default(),
     );
+    // Prometheus metrics (off without [metrics] listen); TLS shares the remote API's.
+    tokio::spawn(berth_sysd::metrics::serve::run(
+        node.watch_config(),
+        berth_sysd::metrics::Sources {
+            sysd_start: start,
+            containers: containers.clone(),
+            updates: Some(updates.clone()),
+        },
+        Some(remote.clone()),
+        Default::default(),
+    ));
     manager.remote = Some(remote);
     tokio::spawn(berth_sysd::api::serve(listener, manager));
 

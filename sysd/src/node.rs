@@ -225,17 +225,56 @@ async fn fetch_config(url: &str) -> Result<String, String> {
     String::from_utf8(body).map_err(|_| "not UTF-8 text".into())
 }
 
-/// What happened to the last `osctl config apply`, for `osctl status`.
-pub fn config_change(var: &Path) -> String {
+/// The last `osctl config apply`: the one source of `osctl status` ([`config_change`])
+/// and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigTrial {
+    /// `none` (no apply yet), `on_trial`, `applied` or `reverted`.
+    pub state: &'static str,
+    /// Seconds left of a trial (0 when none runs).
+    pub seconds_left: u64,
+    /// Why it was reverted.
+    pub reason: String,
+}
+
+/// Read [`ConfigTrial`] from the config store under `var`.
+pub fn config_trial(var: &Path) -> ConfigTrial {
     let store = berth_config::store::Store::new(var);
     if let Ok(Some(t)) = store.trial() {
-        let left = (t.started + t.deadline).saturating_sub(unix_now());
-        return format!("on trial ({left} s left)");
+        return ConfigTrial {
+            state: "on_trial",
+            seconds_left: t
+                .started
+                .saturating_add(t.deadline)
+                .saturating_sub(unix_now()),
+            reason: String::new(),
+        };
     }
     match store.last_outcome() {
-        Ok(Some(o)) if o.reason.is_empty() => o.result,
-        Ok(Some(o)) => format!("{}: {}", o.result, o.reason),
-        _ => String::new(),
+        Ok(Some(o)) => ConfigTrial {
+            state: match o.result.as_str() {
+                "applied" => "applied",
+                "reverted" => "reverted",
+                _ => "none",
+            },
+            seconds_left: 0,
+            reason: o.reason,
+        },
+        _ => ConfigTrial {
+            state: "none",
+            ..Default::default()
+        },
+    }
+}
+
+/// What happened to the last `osctl config apply`, for `osctl status`.
+pub fn config_change(var: &Path) -> String {
+    let t = config_trial(var);
+    match t.state {
+        "on_trial" => format!("on trial ({} s left)", t.seconds_left),
+        "none" => String::new(),
+        s if t.reason.is_empty() => s.to_string(),
+        s => format!("{s}: {}", t.reason),
     }
 }
 

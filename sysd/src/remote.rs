@@ -100,6 +100,20 @@ pub struct RemoteApi {
     status: Mutex<ApiStatus>,
     connections: AtomicU32,
     config: watch::Receiver<Config>,
+    /// The TLS settings of the running listener (node certificate, CA, revocation list),
+    /// which `[metrics] tls` shares; None while it does not run.
+    acceptor: AcceptorSlot,
+}
+
+/// [`RemoteApi::acceptor`] (rustls' acceptor has no `Debug`).
+#[derive(Default)]
+struct AcceptorSlot(Mutex<Option<tokio_rustls::TlsAcceptor>>);
+
+impl std::fmt::Debug for AcceptorSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = lock(&self.0).is_some();
+        f.debug_tuple("AcceptorSlot").field(&set).finish()
+    }
 }
 
 impl RemoteApi {
@@ -124,6 +138,21 @@ impl RemoteApi {
     fn set(&self, f: impl FnOnce(&mut ApiStatus)) {
         f(&mut lock(&self.status));
     }
+
+    /// The running listener's TLS acceptor: mutual TLS exactly as the remote API's (a
+    /// client certificate from `[api] ca`, not revoked); None while it does not run.
+    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        lock(&self.acceptor.0).clone()
+    }
+}
+
+/// Clears [`RemoteApi::acceptor`] when the listener stops.
+struct ClearAcceptor(Arc<RemoteApi>);
+
+impl Drop for ClearAcceptor {
+    fn drop(&mut self) {
+        *lock(&self.0.acceptor.0) = None;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,6 +172,7 @@ pub fn start(
         status: Default::default(),
         connections: Default::default(),
         config: config.clone(),
+        acceptor: Default::default(),
     });
     manager.remote = Some(api.clone());
     manager.audit = Some(audit.clone());
@@ -266,6 +296,8 @@ async fn listen(
         error,
     };
     api.set(|s| *s = show(&cert, cert.warning()));
+    *lock(&api.acceptor.0) = Some(acceptor.clone());
+    let _clear = ClearAcceptor(api.clone());
     // Connections of this listener: stale once it stops.
     let stale = Arc::new(AtomicBool::new(false));
     let _stale = SetOnDrop(stale.clone());
@@ -331,6 +363,7 @@ async fn listen(
                             pki::format_time(c.not_after)
                         );
                         acceptor = a;
+                        *lock(&api.acceptor.0) = Some(acceptor.clone());
                         cert = c;
                         api.set(|s| *s = show(&cert, cert.warning()));
                     }
@@ -816,6 +849,7 @@ impl Fixture {
             status: Default::default(),
             connections: Default::default(),
             config: rx.clone(),
+            acceptor: Default::default(),
         });
         let manager = Manager {
             remote: Some(api.clone()),

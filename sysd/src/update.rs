@@ -250,6 +250,22 @@ impl NodeUpdates {
         client.release(&status).await;
     }
 
+    /// The update state for the metrics: `applying` while an apply or rollback runs, else
+    /// what this boot's check found (`normal`, `awaiting_bless`, `update_pending`,
+    /// `fell_back`), `unknown` before it ran or when it could not.
+    pub fn state(&self) -> &'static str {
+        if self.busy.try_lock().is_err() {
+            return "applying";
+        }
+        match &self.boot.lock().unwrap_or_else(|e| e.into_inner()).check {
+            None => "unknown",
+            Some(BootCheck::Normal) => "normal",
+            Some(BootCheck::AwaitingBless { .. }) => "awaiting_bless",
+            Some(BootCheck::UpdatePending { .. }) => "update_pending",
+            Some(BootCheck::FellBack { .. }) => "fell_back",
+        }
+    }
+
     /// Once per boot, after the containers are launched: record a fallback, and bless a
     /// new version once `node` is healthy, or reboot when the config's health deadline
     /// passes first (the boot loader counts the try; after three it falls back).

@@ -140,6 +140,10 @@ struct Entry {
     state: &'static str,
     pid: i32,
     restarts: u32,
+    /// `oom` and `oom_kill` of `memory.events` of this container's earlier cgroups (each
+    /// start gets a new one), so the counters of [`ContainerFigures`] never go back.
+    ooms_before: u64,
+    oom_kills_before: u64,
     exit_code: i32,
     health: Health,
     started: Option<Instant>,
@@ -169,6 +173,25 @@ struct Shared {
     bridge_subnet: Mutex<berth_config::Cidr>,
     /// Log forwarding, when sysd set it up ([`Manager::set_forwarder`]).
     fwd: std::sync::OnceLock<crate::logfwd::Forwarder>,
+}
+
+/// One container's figures ([`Manager::figures`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFigures {
+    pub name: String,
+    /// A system service (else a workload).
+    pub system: bool,
+    /// `running`, `stopped`, `restarting`, ... as `osctl ps` shows it.
+    pub state: &'static str,
+    pub restarts: u32,
+    /// `none`, `starting`, `healthy` or `unhealthy`.
+    pub health: &'static str,
+    /// `oom` and `oom_kill` of `memory.events`, over every start of the container since
+    /// sysd started.
+    pub ooms: u64,
+    pub oom_kills: u64,
+    /// The cgroup's counters; None unless it runs.
+    pub cgroup: Option<berth_runtime::Stats>,
 }
 
 /// The container manager; cheap to clone.
@@ -634,6 +657,8 @@ impl Manager {
                 },
                 pid: adopted.unwrap_or(0),
                 restarts: 0,
+                ooms_before: 0,
+                oom_kills_before: 0,
                 exit_code: -1,
                 health: Health::None,
                 started: adopted.map(|_| Instant::now()),
@@ -861,19 +886,15 @@ impl Manager {
         (v, all)
     }
 
-    /// Counters of every running container.
+    /// Counters of every running container (`osctl stats`): the same figures as the
+    /// metrics ([`Self::figures`]).
     pub fn stats(&self) -> Vec<ContainerStats> {
-        let names: Vec<String> = lock(&self.sh)
-            .iter()
-            .filter(|(_, e)| e.state == "running")
-            .map(|(n, _)| n.clone())
-            .collect();
-        names
+        self.figures()
             .into_iter()
-            .filter_map(|n| {
-                let s = self.sh.rt.stats(&n).ok()?;
+            .filter_map(|f| {
+                let s = f.cgroup?;
                 Some(ContainerStats {
-                    name: n,
+                    name: f.name,
                     memory_bytes: s.memory_current.unwrap_or(0),
                     memory_max: s.memory_max.unwrap_or(0),
                     cpu_usec: s.cpu_usage_usec.unwrap_or(0),
@@ -882,6 +903,33 @@ impl Manager {
                 })
             })
             .collect()
+    }
+
+    /// Every container's figures: state, restarts, health, OOM counters, and the cgroup's
+    /// counters while it runs. The one source of `osctl stats` and the metrics.
+    pub fn figures(&self) -> Vec<ContainerFigures> {
+        let mut v: Vec<ContainerFigures> = lock(&self.sh)
+            .iter()
+            .map(|(n, e)| ContainerFigures {
+                name: n.clone(),
+                system: e.kind == Kind::System,
+                state: e.state,
+                restarts: e.restarts,
+                health: e.health.as_str(),
+                ooms: e.ooms_before,
+                oom_kills: e.oom_kills_before,
+                cgroup: None,
+            })
+            .collect();
+        // The cgroup files are read without the lock held.
+        for f in v.iter_mut().filter(|f| f.state == "running") {
+            if let Ok(s) = self.sh.rt.stats(&f.name) {
+                f.ooms = f.ooms.saturating_add(s.oom_events.unwrap_or(0));
+                f.oom_kills = f.oom_kills.saturating_add(s.oom_kill_events.unwrap_or(0));
+                f.cgroup = Some(s);
+            }
+        }
+        v
     }
 
     fn log_file(&self, name: &str) -> Result<logs::LogFile, ManagerError> {
@@ -1390,14 +1438,16 @@ async fn supervise(
                 stop_pid(&sh, &name, pid, &mut exit).await
             }
         };
-        // Before the cgroup goes: did the kernel's OOM killer end it?
-        let oom = sh
-            .rt
-            .stats(&name)
-            .ok()
-            .and_then(|s| s.oom_kill_events)
-            .unwrap_or(0)
-            > 0;
+        // Before the cgroup goes: did the kernel's OOM killer end it? Its OOM counters
+        // are kept (no longer read from the cgroup once it is not `running`).
+        let last = sh.rt.stats(&name).unwrap_or_default();
+        let oom_kills = last.oom_kill_events.unwrap_or(0);
+        let oom = oom_kills > 0;
+        update(&sh, &name, |e| {
+            e.state = "stopping";
+            e.ooms_before = e.ooms_before.saturating_add(last.oom_events.unwrap_or(0));
+            e.oom_kills_before = e.oom_kills_before.saturating_add(oom_kills);
+        });
         cleanup(&sh, &name).await;
         let ran = started.elapsed();
         tracing::info!(container = %name, code, oom, "exited after {:.1} s", ran.as_secs_f64());
