@@ -184,21 +184,7 @@ async fn pre_reboot(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let p = parse_request(&headers, &body)?;
-    let slots = slots_of(&app, &p)?;
-    let out = retried(|| app.store.lock(&p.group, slots, &p.id))
-        .await
-        .map_err(store_error)?;
-    if out.changed {
-        tracing::info!(
-            "group {}: {} took a reboot slot ({}/{} held)",
-            p.group,
-            p.id,
-            out.semaphore.holders.len(),
-            out.semaphore.total_slots
-        );
-    }
-    Ok(StatusCode::OK)
+    change(&app, &headers, &body, true).await
 }
 
 async fn steady_state(
@@ -206,16 +192,34 @@ async fn steady_state(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let p = parse_request(&headers, &body)?;
-    let slots = slots_of(&app, &p)?;
-    let out = retried(|| app.store.unlock(&p.group, slots, &p.id))
-        .await
-        .map_err(store_error)?;
+    change(&app, &headers, &body, false).await
+}
+
+/// Take (`lock`) or give back a reboot slot for the request's node.
+async fn change(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+    lock: bool,
+) -> Result<StatusCode, ApiError> {
+    let p = parse_request(headers, body)?;
+    let slots = slots_of(app, &p)?;
+    let out = if lock {
+        retried(|| app.store.lock(&p.group, slots, &p.id)).await
+    } else {
+        retried(|| app.store.unlock(&p.group, slots, &p.id)).await
+    }
+    .map_err(store_error)?;
     if out.changed {
         tracing::info!(
-            "group {}: {} released its reboot slot ({}/{} held)",
+            "group {}: {} {} ({}/{} held)",
             p.group,
             p.id,
+            if lock {
+                "took a reboot slot"
+            } else {
+                "released its reboot slot"
+            },
             out.semaphore.holders.len(),
             out.semaphore.total_slots
         );

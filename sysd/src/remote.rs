@@ -544,9 +544,25 @@ impl Conn {
 
 /// Log (rate-limited) and audit a refused connection.
 fn refused(log: &Mutex<RateLimit>, audit: &Audit, peer: Option<SocketAddr>, why: &str) {
+    let Some((peer, more)) = refusal(log, peer) else {
+        return;
+    };
+    tracing::warn!("api: refused {peer}: {why}{more}");
+    audit.note(&format!(
+        "peer={peer} refused={}{more}",
+        crate::audit::quote(why)
+    ));
+}
+
+/// A refused connection to log, unless `log`'s rate limit drops it: the peer (`-` when
+/// unknown) and ` (N more refusals not logged)` when some were dropped before it.
+pub(crate) fn refusal(
+    log: &Mutex<RateLimit>,
+    peer: Option<SocketAddr>,
+) -> Option<(String, String)> {
     let (allowed, skipped) = lock(log).allow(Instant::now());
     if !allowed {
-        return;
+        return None;
     }
     let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
     let more = if skipped > 0 {
@@ -554,11 +570,7 @@ fn refused(log: &Mutex<RateLimit>, audit: &Audit, peer: Option<SocketAddr>, why:
     } else {
         String::new()
     };
-    tracing::warn!("api: refused {peer}: {why}{more}");
-    audit.note(&format!(
-        "peer={peer} refused={}{more}",
-        crate::audit::quote(why)
-    ));
+    Some((peer, more))
 }
 
 /// At most `per_minute` events a minute; counts the rest.

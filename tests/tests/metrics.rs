@@ -245,12 +245,20 @@ fn prometheus_scrapes_the_node_and_its_containers() {
         |v| v >= 1.0,
     );
     eprintln!("hog: {kills} OOM kill(s) in Prometheus");
-    let (code, _, body) = get(port, "/metrics", "text/plain");
-    assert_eq!(code, 200);
-    assert!(
-        body.contains("berth_container_up{container=\"hog\"} 0"),
-        "{body}"
-    );
+    // The kill is counted as it happens; sysd sees the container end a moment later.
+    let t = Instant::now();
+    loop {
+        let (code, _, body) = get(port, "/metrics", "text/plain");
+        assert_eq!(code, 200);
+        if body.contains("berth_container_up{container=\"hog\"} 0") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "hog still up a minute after its OOM kill:\n{body}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     // A node figure with a label: the CPU time of the node by mode.
     prom.wait_value(
         "sum(rate(berth_node_cpu_seconds_total[10s]))",

@@ -258,18 +258,8 @@ fn respond<B>(req: &Request<B>, sources: &Sources) -> Response<Full<Bytes>> {
 
 /// Log (rate-limited) a refused connection.
 fn refused(log: &Mutex<RateLimit>, peer: Option<SocketAddr>, why: &str) {
-    let (allowed, skipped) = log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allow(Instant::now());
-    if !allowed {
+    let Some((peer, more)) = crate::remote::refusal(log, peer) else {
         return;
-    }
-    let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-    let more = if skipped > 0 {
-        format!(" ({skipped} more refusals not logged)")
-    } else {
-        String::new()
     };
     tracing::warn!("metrics: refused {peer}: {why}{more}");
 }
