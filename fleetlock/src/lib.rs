@@ -15,18 +15,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// `error: cause: cause`, for one-line messages.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// The server's settings: from `--config FILE` (TOML, these field names) and the
 /// command line, which wins.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -179,7 +167,10 @@ pub async fn serve(
                 tokio::time::sleep(every).await;
                 for g in groups.keys() {
                     if let Err(e) = store.reap(g).await {
-                        tracing::warn!("group {g}: removing expired holders: {}", error_chain(&e));
+                        tracing::warn!(
+                            "group {g}: removing expired holders: {}",
+                            berth_config::error_chain(&e)
+                        );
                     }
                 }
             }

@@ -150,7 +150,7 @@ fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Full(f) => ApiError::new(500, "failed_lock_semaphore_full", f.to_string()),
         e => {
-            let msg = crate::error_chain(&e);
+            let msg = berth_config::error_chain(&e);
             tracing::error!("{msg}");
             ApiError::new(500, "failed_lock", msg)
         }
@@ -267,7 +267,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
                 .or_default()
                 .push(format!("{{group=\"{g}\"}} 0")),
             Err(e) => {
-                tracing::warn!("metrics: group {group}: {}", crate::error_chain(&e));
+                tracing::warn!("metrics: group {group}: {}", berth_config::error_chain(&e));
                 up = 0;
             }
         }

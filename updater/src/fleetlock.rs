@@ -414,7 +414,7 @@ impl Client {
         });
         let failed = self
             .until_ok(op, |tries, e| {
-                let msg = error_chain(e);
+                let msg = berth_config::error_chain(e);
                 if tries == 1 || tries.is_power_of_two() {
                     tracing::warn!("fleet lock: {op} try {tries} failed: {msg}");
                 }
@@ -432,17 +432,6 @@ impl Client {
         );
         failed
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// The reboot into an installed update under `strategy = "fleetlock"`: take a reboot
